@@ -1,0 +1,36 @@
+# Two commands do all the set-up: `make train` and `make test` create .venv, install segedu,
+# generate the synthetic data when it is missing, then train / test.
+SHELL  := /bin/bash
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+DATA   := data/synthetic
+RUN    := runs/synthetic-segformer-b0
+
+.PHONY: install data train test test-package test-notebooks lab clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev,course]"
+	touch $(STAMP)
+
+data: $(STAMP)
+	$(BIN)/segedu data --root $(DATA)
+
+train: data
+	$(BIN)/segedu train --config synthetic --data $(DATA) --out $(RUN)
+
+test: data
+	$(BIN)/python -m pytest tests -q --durations=10
+	$(BIN)/python -m pytest notebooks --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg \
+		--nbval-cell-timeout=300 -p no:cacheprovider -q
+
+lab: data
+	$(BIN)/jupyter lab notebooks
+
+clean:
+	rm -rf $(RUN) .pytest_cache

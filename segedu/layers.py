@@ -1,0 +1,60 @@
+"""Building blocks shared by several model families (written once, used everywhere)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016): drop a whole residual branch per sample.
+
+    During training each sample's branch is zeroed with probability ``p`` and the survivors are
+    scaled by ``1 / (1 - p)`` so the expected value is unchanged; at eval time it is the identity.
+    """
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def drop_path_rates(drop_path_rate: float, depths: tuple[int, ...] | list[int]) -> list[list[float]]:
+    """The usual rule: rates grow linearly from 0 to ``drop_path_rate`` over all blocks, split by stage."""
+    n = sum(depths)
+    rates = [drop_path_rate * i / (n - 1) if n > 1 else 0.0 for i in range(n)]  # linspace(0, rate, n)
+    out, start = [], 0
+    for d in depths:
+        out.append(rates[start : start + d])
+        start += d
+    return out
+
+
+def init_vit_style(module: nn.Module) -> None:
+    """Init used by the official SegFormer/Swin/SegNeXt code (call with ``model.apply``).
+
+    Linear: truncated normal, std 0.02, bias 0. LayerNorm: weight 1, bias 0.
+    Conv2d: normal(0, sqrt(2 / fan_out)) with fan_out = k_h * k_w * out_channels / groups, bias 0.
+    """
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Conv2d):
+        fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
+        nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)

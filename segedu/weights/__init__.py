@@ -1,0 +1,148 @@
+"""Load public checkpoints into segedu models.
+
+``convert(state_dict, source, name)`` renames (and where needed splits or fuses) the keys of a
+checkpoint from another code base into segedu's layout; the result loads with
+``build_model(name).load_state_dict(..., strict=True)``. Each family keeps its explicit key map in
+``segedu/weights/<family>.py`` and registers one converter per source with :func:`register_converter`.
+
+``load_checkpoint(model, state_dict, source)`` converts and loads with a readable report of
+missing / unexpected / mis-shaped keys, and ``from_pretrained(name, path_or_hub_id)`` builds a model
+and fills it from a local folder (``save_pretrained`` output, safetensors or .bin/.pth) or a hub id.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+
+from ..registry import build_model, get_spec
+
+StateDict = dict[str, torch.Tensor]
+_CONVERTERS: dict[tuple[str, str], Callable[[Mapping[str, torch.Tensor]], StateDict]] = {}
+
+
+def register_converter(family: str, source: str):
+    """Decorator: ``fn(state_dict) -> state_dict`` converting ``source`` checkpoints of ``family``."""
+    def deco(fn):
+        _CONVERTERS[(family, source)] = fn
+        return fn
+    return deco
+
+
+def sources(name: str) -> list[str]:
+    """The checkpoint sources ``convert`` understands for model ``name``."""
+    family = get_spec(name).family
+    return sorted(s for f, s in _CONVERTERS if f == family)
+
+
+def convert(state_dict: Mapping[str, torch.Tensor], source: str, name: str) -> StateDict:
+    """Convert a ``source`` checkpoint (e.g. ``"transformers"``, ``"official"``) for model ``name``."""
+    family = get_spec(name).family
+    if (family, source) not in _CONVERTERS:
+        raise ValueError(f"no converter from {source!r} for {name}; known sources: {sources(name)}")
+    if "state_dict" in state_dict and isinstance(state_dict["state_dict"], Mapping):  # mmcv-style wrapper
+        state_dict = state_dict["state_dict"]
+    return _CONVERTERS[(family, source)](state_dict)
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint that does not fit the model; the message lists what is missing, extra or mis-shaped."""
+
+
+def _report(model_name: str, missing, unexpected, mis_shaped, limit: int = 12) -> str:
+    def fmt(title, items):
+        items = list(items)
+        if not items:
+            return ""
+        more = f" ... and {len(items) - limit} more" if len(items) > limit else ""
+        return f"\n  {title} ({len(items)}): " + ", ".join(items[:limit]) + more
+    return (f"checkpoint does not fit {model_name}:" + fmt("missing keys", missing)
+            + fmt("unexpected keys", unexpected) + fmt("shape mismatches", mis_shaped))
+
+
+def load_checkpoint(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "segedu",
+                    encoder_only: bool = False) -> list[str]:
+    """Convert ``state_dict`` from ``source`` and load it strictly into ``model``.
+
+    ``source="segedu"`` means the checkpoint already has segedu's keys. With ``encoder_only=True``
+    only ``model.encoder`` is loaded (e.g. ImageNet weights) and the returned list names the
+    segmentation-only parameters that keep their initialisation. Any mismatch raises
+    :class:`CheckpointMismatchError` naming the keys.
+    """
+    name = getattr(model, "name", type(model).__name__)
+    sd = dict(state_dict) if source == "segedu" else convert(state_dict, source, name)
+    target = model.state_dict()
+    if encoder_only:
+        sd = {k: v for k, v in sd.items() if k.startswith("encoder.")}
+        target = {k: v for k, v in target.items() if k.startswith("encoder.")}
+    missing = sorted(set(target) - set(sd))
+    unexpected = sorted(set(sd) - set(target))
+    mis_shaped = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(target[k].shape)}"
+                  for k in sorted(set(sd) & set(target)) if sd[k].shape != target[k].shape]
+    if missing or unexpected or mis_shaped:
+        raise CheckpointMismatchError(_report(name, missing, unexpected, mis_shaped))
+    if encoder_only:
+        model.encoder.load_state_dict({k[len("encoder."):]: v for k, v in sd.items()}, strict=True)
+        return sorted(k for k in model.state_dict() if not k.startswith("encoder."))
+    model.load_state_dict(sd, strict=True)
+    return []
+
+
+def read_state_dict(path: str | Path) -> StateDict:
+    """Read a checkpoint file or a ``save_pretrained`` folder (safetensors first, then .bin/.pth).
+
+    Pickled files are read with ``weights_only=True``: tensors only, no code execution.
+    """
+    path = Path(path)
+    if path.is_dir():
+        candidates = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin")) + sorted(path.glob("*.pth"))
+        if not candidates:
+            raise FileNotFoundError(f"no *.safetensors, *.bin or *.pth checkpoint in folder {path}")
+        sd: StateDict = {}
+        for file in candidates:  # sharded checkpoints: merge the shards
+            sd.update(read_state_dict(file))
+        return sd
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(path)
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("model", "state_dict"):  # segedu training checkpoints, mmcv checkpoints
+        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
+            obj = obj[key]
+    return dict(obj)
+
+
+def _classifier_classes(sd: Mapping[str, torch.Tensor]) -> int | None:
+    """Number of classes of a converted checkpoint, read from its last decoder layer."""
+    pred = [v for k, v in sd.items() if k.startswith("decoder.") and k.endswith("linear_pred.weight")]
+    return int(pred[0].shape[0]) if pred else None
+
+
+def from_pretrained(name: str, path_or_hub_id: str | Path, source: str = "transformers",
+                    num_classes: int | None = None, **hub_kwargs) -> torch.nn.Module:
+    """Build model ``name`` and load a public checkpoint into it.
+
+    ``path_or_hub_id`` is a local file/folder (e.g. written by ``save_pretrained``) or a Hugging Face
+    hub id such as ``"nvidia/segformer-b0-finetuned-ade-512-512"`` (downloaded with huggingface_hub;
+    needs network access). ``num_classes`` defaults to the checkpoint's.
+    """
+    path = Path(path_or_hub_id)
+    if not path.exists():
+        if str(path_or_hub_id).startswith((".", "/")) or Path(str(path_or_hub_id)).suffix:
+            raise FileNotFoundError(f"checkpoint {path_or_hub_id} does not exist")
+        from huggingface_hub import snapshot_download
+        path = Path(snapshot_download(str(path_or_hub_id), allow_patterns=["*.safetensors", "*.json", "*.bin"],
+                                      **hub_kwargs))
+    sd = convert(read_state_dict(path), source, name) if source != "segedu" else read_state_dict(path)
+    model = build_model(name, num_classes=num_classes or _classifier_classes(sd) or 150)
+    load_checkpoint(model, sd, source="segedu")
+    return model
+
+
+from . import segformer  # noqa: E402,F401  (registers the SegFormer converters)
+
+__all__ = ["convert", "load_checkpoint", "from_pretrained", "read_state_dict", "sources",
+           "register_converter", "CheckpointMismatchError"]
