@@ -5,6 +5,8 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
 
 
 class DropPath(nn.Module):
@@ -58,3 +60,38 @@ def init_vit_style(module: nn.Module) -> None:
         nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
         if module.bias is not None:
             nn.init.zeros_(module.bias)
+
+
+class Mlp(nn.Module):
+    """The transformer MLP: Linear(d, hidden) -> GELU -> Linear(hidden, d) (ViT, Swin)."""
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """softmax(q k^T / sqrt(d) + bias) v over all tokens, with a fused ``qkv`` Linear and ``proj``.
+
+    ``bias`` (optional, broadcastable to ``[B, heads, N, N]``) is added to the logits before the
+    softmax: Swin passes its relative position bias plus the shifted-window mask here.
+    Uses ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels where available).
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        q, k, v = rearrange(self.qkv(x), "b n (qkv heads d) -> qkv b heads n d", qkv=3, heads=self.num_heads)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias.to(q.dtype))
+        return self.proj(rearrange(x, "b heads n d -> b n (heads d)"))
