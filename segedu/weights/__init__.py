@@ -11,6 +11,7 @@ and fills it from a local folder (``save_pretrained`` output, safetensors or .bi
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -44,6 +45,24 @@ def convert(state_dict: Mapping[str, torch.Tensor], source: str, name: str) -> S
     if "state_dict" in state_dict and isinstance(state_dict["state_dict"], Mapping):  # mmcv-style wrapper
         state_dict = state_dict["state_dict"]
     return _CONVERTERS[(family, source)](state_dict)
+
+
+def rename_keys(state_dict: Mapping[str, torch.Tensor], rules: list[tuple[str, str]], drop: tuple[str, ...] = ()):
+    """Apply the first matching ``(regex, replacement)`` rule to every key; keys matching ``drop`` go.
+
+    A key no rule matches is kept unchanged, so that ``load_checkpoint`` reports it as unexpected.
+    """
+    out = {}
+    for key, value in state_dict.items():
+        if any(re.fullmatch(d, key) for d in drop):
+            continue
+        for pattern, repl in rules:
+            new, n = re.subn(f"^{pattern}$", repl, key)
+            if n:
+                key = new
+                break
+        out[key] = value
+    return out
 
 
 class CheckpointMismatchError(RuntimeError):
@@ -142,7 +161,8 @@ def from_pretrained(name: str, path_or_hub_id: str | Path, source: str = "transf
     return model
 
 
-from . import segformer  # noqa: E402,F401  (registers the SegFormer converters)
+# Each family's key maps register their converters on import.
+from . import segformer, segnext, setr, swin  # noqa: E402,F401
 
-__all__ = ["convert", "load_checkpoint", "from_pretrained", "read_state_dict", "sources",
+__all__ = ["convert", "load_checkpoint", "from_pretrained", "read_state_dict", "sources", "rename_keys",
            "register_converter", "CheckpointMismatchError"]

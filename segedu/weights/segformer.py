@@ -15,29 +15,10 @@ counts stages from 1 (``patch_embed1``), HF and segedu from 0.
 from __future__ import annotations
 
 import re
-from typing import Mapping
 
 import torch
 
-from . import register_converter
-
-
-def _rename(state_dict: Mapping[str, torch.Tensor], rules: list[tuple[str, str]], drop: tuple[str, ...] = ()):
-    """Apply the first matching ``(regex, replacement)`` rule to every key; keys matching ``drop`` go.
-
-    A key no rule matches is kept unchanged, so that ``load_checkpoint`` reports it as unexpected.
-    """
-    out = {}
-    for key, value in state_dict.items():
-        if any(re.fullmatch(d, key) for d in drop):
-            continue
-        for pattern, repl in rules:
-            new, n = re.subn(f"^{pattern}$", repl, key)
-            if n:
-                key = new
-                break
-        out[key] = value
-    return out
+from . import register_converter, rename_keys
 
 
 _OFFICIAL_RULES = [
@@ -55,7 +36,7 @@ _OFFICIAL_RULES = [
 @register_converter("segformer", "official")
 def from_official(state_dict):
     # conv_seg: an unused layer every mmseg-0.x head builds; head.*: the ImageNet classifier.
-    sd = _rename(state_dict, _OFFICIAL_RULES, drop=(r"decode_head\.conv_seg\..*", r"head\..*"))
+    sd = rename_keys(state_dict, _OFFICIAL_RULES, drop=(r"decode_head\.conv_seg\..*", r"head\..*"))
     # Official stages count from 1: turn the "<n>" markers into n - 1.
     return {re.sub(r"<(\d)>", lambda m: str(int(m.group(1)) - 1), k): v for k, v in sd.items()}
 
@@ -110,7 +91,7 @@ def from_transformers(state_dict):
     # SegformerModel checkpoints have no "segformer." prefix; the ImageNet classifier head is dropped.
     sd = {(k if k.startswith(("segformer.", "decode_head.", "classifier.")) else f"segformer.{k}"): v
           for k, v in state_dict.items()}
-    sd = _rename(sd, _HF_RULES + _HF_V5_RULES, drop=(r"classifier\..*",))
+    sd = rename_keys(sd, _HF_RULES + _HF_V5_RULES, drop=(r"classifier\..*",))
     # HF splits the official fused kv Linear into key and value: fuse them back (keys first).
     for key in [k for k in sd if ".attn.key." in k]:
         value_key = key.replace(".attn.key.", ".attn.value.")
