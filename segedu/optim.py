@@ -1,7 +1,7 @@
 """Optimiser and learning-rate schedule of the papers' recipes (mmseg ``paramwise_cfg`` + ``PolyLR``).
 
 * AdamW; parameters of the decode head get ``head_lr_mult`` x the base learning rate (SegFormer,
-  SegNeXt: 10); norms, biases... listed in ``no_decay`` get weight decay 0.
+  SegNeXt: 10); parameters whose names contain a ``no_decay`` keyword get weight decay 0.
 * Poly decay ``lr = (base - min) * (1 - t / T) ** power + min`` per iteration, after a linear warm-up
   from ``warmup_ratio * lr`` over ``warmup_iters`` iterations (mmseg: 1500 iterations, ratio 1e-6).
 """
@@ -12,24 +12,25 @@ import torch.nn as nn
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float, head_lr_mult: float = 1.0,
-                 no_decay_keywords: tuple[str, ...] = ("norm", "bn")) -> list[dict]:
-    """Split parameters into (encoder | decoder) x (decay | no decay) groups.
+                 no_decay_keywords: tuple[str, ...] = ("norm",)) -> list[dict]:
+    """Split parameters into (encoder | head) x (decay | no decay) groups, as mmseg's ``paramwise_cfg``.
 
-    A parameter gets no weight decay when it is 1-D (norm weights, biases... as mmseg's
-    ``bias_decay_mult``/``norm_decay_mult`` 0 applied to every norm) or its name contains a keyword.
-    Everything outside ``model.encoder`` counts as head.
+    A parameter whose name contains one of ``no_decay_keywords`` gets weight decay 0 (mmseg
+    ``custom_keys`` with ``decay_mult=0``: ``'norm'`` for SegFormer, plus e.g.
+    ``'relative_position_bias_table'`` for Swin); everything outside ``model.encoder`` is head and
+    gets ``head_lr_mult`` x the learning rate (``'head': lr_mult 10``).
     """
     groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         is_head = not name.startswith("encoder.")
-        no_decay = p.ndim <= 1 or any(k in name for k in no_decay_keywords)
+        no_decay = any(k in name for k in no_decay_keywords)
         groups.setdefault((is_head, no_decay), []).append(p)
     return [
         {"params": params, "lr": lr * (head_lr_mult if is_head else 1.0),
-         "weight_decay": 0.0 if no_decay else weight_decay, "name": f"{'head' if is_head else 'encoder'}"
-         f"{'_no_decay' if no_decay else ''}"}
+         "weight_decay": 0.0 if no_decay else weight_decay,
+         "name": f"{'head' if is_head else 'encoder'}{'_no_decay' if no_decay else ''}"}
         for (is_head, no_decay), params in sorted(groups.items())
     ]
 
@@ -45,8 +46,9 @@ def poly_warmup_factor(step: int, total: int, warmup_iters: int = 1500, warmup_r
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float, head_lr_mult: float,
-                    betas=(0.9, 0.999), fused: bool | None = None) -> torch.optim.AdamW:
-    groups = param_groups(model, lr, weight_decay, head_lr_mult)
+                    no_decay_keywords: tuple[str, ...] = ("norm",), betas=(0.9, 0.999),
+                    fused: bool | None = None) -> torch.optim.AdamW:
+    groups = param_groups(model, lr, weight_decay, head_lr_mult, no_decay_keywords)
     if fused is None:  # fused AdamW is one kernel per step on the GPU
         fused = all(p.is_cuda for g in groups for p in g["params"])
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)

@@ -17,6 +17,7 @@ class Recipe:
     weight_decay: float
     head_lr_mult: float
     warmup_iters: int
+    no_decay_keywords: tuple[str, ...] = ("norm",)  # mmseg paramwise_cfg custom_keys with decay_mult 0
     warmup_ratio: float = 1e-6
     poly_power: float = 1.0
     min_lr_ratio: float = 0.0

@@ -64,7 +64,7 @@ def batch_indices(n: int, batch_size: int, seed: int, start_step: int = 0):
 @dataclass
 class TrainResult:
     out_dir: Path
-    metrics: dict
+    metrics: dict | None
     history: list = field(default_factory=list)
     seconds: float = 0.0
 
@@ -76,10 +76,12 @@ def _write_jsonl(path: Path, record: dict) -> None:
 
 def train(recipe: Recipe, data_root: str | Path, out_dir: str | Path, seed: int = 0, resume: bool = False,
           device: str | torch.device | None = None, num_workers: int = 0, amp: bool | None = None,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, stop_after: int | None = None) -> TrainResult:
     """Train ``recipe.model`` on an ADE20K-layout folder; returns the final validation metrics.
 
     Writes to ``out_dir``: ``checkpoint.pt`` (model, optimiser, schedule, RNG, step), ``metrics.jsonl``.
+    ``stop_after=n`` stops after n iterations of this call with a checkpoint to ``resume`` from
+    (for time-limited jobs); the result then has ``metrics=None``.
     """
     device = torch.device(device) if device is not None else default_device()
     amp = (device.type == "cuda") if amp is None else amp  # bf16 autocast on the GPU
@@ -97,7 +99,8 @@ def train(recipe: Recipe, data_root: str | Path, out_dir: str | Path, seed: int 
                                cat_max_ratio=recipe.cat_max_ratio)
 
     model = build_model(recipe.model, num_classes=recipe.num_classes).to(device)
-    optimizer = build_optimizer(model, recipe.lr, recipe.weight_decay, recipe.head_lr_mult)
+    optimizer = build_optimizer(model, recipe.lr, recipe.weight_decay, recipe.head_lr_mult,
+                                recipe.no_decay_keywords)
     scheduler = build_scheduler(optimizer, recipe.iters, recipe.warmup_iters, recipe.warmup_ratio,
                                 recipe.poly_power, recipe.min_lr_ratio)
     start, history = 0, []
@@ -158,6 +161,10 @@ def train(recipe: Recipe, data_root: str | Path, out_dir: str | Path, seed: int 
             _write_jsonl(log_path, {**record, "IoU": metrics["IoU"]})
             bar.write(f"step {done}: mIoU {metrics['mIoU']:.4f}  mAcc {metrics['mAcc']:.4f}  aAcc {metrics['aAcc']:.4f}")
             save(done)
+        if stop_after is not None and done - start >= stop_after and done < recipe.iters:
+            if done % recipe.eval_every:
+                save(done)
+            return TrainResult(out_dir, None, history, time.perf_counter() - t0)
     if metrics is None:  # resumed a run that had already finished
         metrics = evaluate(model, val_set, recipe.num_classes, device, amp=amp, progress=False)
     return TrainResult(out_dir, metrics, history, time.perf_counter() - t0)
