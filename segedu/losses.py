@@ -23,3 +23,11 @@ def seg_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255
     if logits.shape[-2:] != target.shape[-2:]:
         logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
     return F.cross_entropy(logits.float(), target, ignore_index=ignore_index)
+
+
+def total_loss(outputs: dict, target: torch.Tensor, aux_weights=(), ignore_index: int = 255) -> torch.Tensor:
+    """Main loss plus the weighted auxiliary losses of ``model.forward_train`` (SETR: weight 0.4 each)."""
+    loss = seg_loss(outputs["main"], target, ignore_index)
+    for weight, aux in zip(aux_weights, outputs["aux"], strict=True):
+        loss = loss + weight * seg_loss(aux, target, ignore_index)
+    return loss

@@ -49,10 +49,10 @@ RECIPES: dict[str, Recipe] = {f"segformer-{v}-ade20k": _segformer_ade(v) for v i
 # The synthetic data set of data/ (192x144 street and landscape scenes): a from-scratch run that
 # fits in a few minutes on 2 CPU cores. A higher learning rate than the fine-tuning recipes,
 # because nothing is pretrained; the same AdamW, head multiplier, poly schedule and warm-up.
-RECIPES["synthetic"] = Recipe(model="segformer-b0", iters=400, batch_size=16, crop_size=128, lr=1e-3,
-                              weight_decay=0.01, head_lr_mult=1.0, warmup_iters=40, scale=(576, 144),
+RECIPES["synthetic"] = Recipe(model="segformer-b0", iters=800, batch_size=8, crop_size=128, lr=1e-3,
+                              weight_decay=0.01, head_lr_mult=1.0, warmup_iters=50, scale=(576, 144),
                               ratio_range=(0.75, 1.5), test_short_side=None, test_size_divisor=None,
-                              eval_every=100)
+                              eval_every=200)
 
 
 def get_recipe(name: str) -> Recipe:

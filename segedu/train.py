@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from .data import SegmentationFolder, test_transforms, train_transforms
 from .evaluate import evaluate
-from .losses import check_labels, seg_loss
+from .losses import check_labels, total_loss
 from .optim import build_optimizer, build_scheduler
 from .recipes import Recipe
 from .registry import build_model
@@ -137,7 +137,7 @@ def train(recipe: Recipe, data_root: str | Path, out_dir: str | Path, seed: int 
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
         check_labels(masks, recipe.num_classes)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = seg_loss(model.forward_logits(images), masks)
+            loss = total_loss(model.forward_train(images), masks, model.aux_weights)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"loss is {loss.item()} at step {step + 1}; stopping. The last good "
                                      f"checkpoint is {ckpt_path} (step {start if not history else history[-1]['step']})")

@@ -50,6 +50,12 @@ class SegmentationModel(nn.Module):
         self.check_input(x)
         return self.decoder(self.encoder(x))
 
+    aux_weights: tuple[float, ...] = ()  # loss weights of auxiliary heads (SETR); none by default
+
+    def forward_train(self, x: torch.Tensor) -> dict:
+        """``{"main": logits, "aux": [auxiliary logits]}`` for the loss; models with aux heads override it."""
+        return {"main": self.forward_logits(x), "aux": []}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.forward_logits(x)
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)

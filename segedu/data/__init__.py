@@ -1,0 +1,44 @@
+"""Data: ADE20K conventions and loader, a synthetic ADE20K-style set, the mmseg pipeline."""
+
+from .ade20k import (
+    ADE20K_CLASSES,
+    ADE20K_PALETTE,
+    IGNORE_INDEX,
+    SegmentationFolder,
+    audit_labels,
+    label_histogram,
+    reduce_zero_label,
+)
+from .synthetic import SYNTHETIC_CLASSES, ensure_synthetic, generate, render_scene
+from .transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PhotoMetricDistortion,
+    RandomCropCatMax,
+    RandomResize,
+    denormalize,
+    test_transforms,
+    train_transforms,
+)
+
+__all__ = [
+    "ADE20K_CLASSES",
+    "ADE20K_PALETTE",
+    "IGNORE_INDEX",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "PhotoMetricDistortion",
+    "RandomCropCatMax",
+    "RandomResize",
+    "SYNTHETIC_CLASSES",
+    "SegmentationFolder",
+    "audit_labels",
+    "denormalize",
+    "ensure_synthetic",
+    "generate",
+    "label_histogram",
+    "reduce_zero_label",
+    "render_scene",
+    "test_transforms",
+    "train_transforms",
+]

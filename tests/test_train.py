@@ -1,0 +1,166 @@
+"""Training machinery: optimiser groups, schedule, checkpoints, resume, NaN stop, the CLI run."""
+import json
+import math
+
+import pytest
+import torch
+
+import segedu
+from segedu import checkpoint as ckpt
+from segedu.cli import main as cli_main
+from segedu.data import generate
+from segedu.optim import build_optimizer, param_groups, poly_warmup_factor
+from segedu.recipes import RECIPES, get_recipe
+from segedu.train import batch_indices, train
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("syn"), n_train=8, n_val=3, size=(72, 96), seed=3)
+
+
+def tiny_recipe(**kw):
+    base = RECIPES["synthetic"].with_overrides(iters=4, batch_size=2, crop_size=64, warmup_iters=2, eval_every=2)
+    return base.with_overrides(**kw)
+
+
+def test_param_groups_head_multiplier_and_no_decay():
+    model = segedu.build_model("segformer-b0")
+    groups = {g["name"]: g for g in param_groups(model, lr=6e-5, weight_decay=0.01, head_lr_mult=10)}
+    assert set(groups) == {"encoder", "encoder_no_decay", "head"}
+    assert groups["head"]["lr"] == pytest.approx(6e-4) and groups["encoder"]["lr"] == pytest.approx(6e-5)
+    assert groups["encoder_no_decay"]["weight_decay"] == 0.0 and groups["encoder"]["weight_decay"] == 0.01
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay = [names[id(p)] for p in groups["encoder_no_decay"]["params"]]
+    assert "encoder.stages.0.blocks.0.norm1.weight" in no_decay
+    assert all("norm" in n for n in no_decay)  # official: 'norm' decay_mult 0; biases keep their decay
+    assert "encoder.stages.0.blocks.0.attn.q.bias" in [names[id(p)] for p in groups["encoder"]["params"]]
+    assert "decoder.bn.weight" in [names[id(p)] for p in groups["head"]["params"]]  # official name has no 'norm'
+    total = sum(p.numel() for g in groups.values() for p in g["params"])
+    assert total == sum(p.numel() for p in model.parameters())
+
+
+def test_poly_schedule_with_warmup():
+    # mmcv: linear warm-up from ratio * lr, poly(power 1) decay to 0 at the last iteration.
+    assert poly_warmup_factor(0, 160_000) == pytest.approx(1e-6)
+    assert poly_warmup_factor(750, 160_000) == pytest.approx((1 - 750 / 160_000) * (0.5 + 0.5e-6))
+    assert poly_warmup_factor(1500, 160_000) == pytest.approx(1 - 1500 / 160_000)
+    assert poly_warmup_factor(160_000, 160_000) == 0.0
+    assert poly_warmup_factor(80_000, 160_000, warmup_iters=0, power=0.9, min_lr_ratio=0.01) == pytest.approx(
+        0.5 ** 0.9 * 0.99 + 0.01)
+
+
+def test_optimizer_is_adamw_with_recipe_groups():
+    opt = build_optimizer(segedu.build_model("segformer-b0"), 6e-5, 0.01, 10.0)
+    assert isinstance(opt, torch.optim.AdamW) and len(opt.param_groups) == 3
+
+
+def test_batch_order_depends_only_on_the_step():
+    a = batch_indices(10, 3, seed=0)
+    first = [next(a) for _ in range(7)]
+    resumed = batch_indices(10, 3, seed=0, start_step=4)
+    assert [next(resumed) for _ in range(3)] == first[4:]
+    assert {i for b in first[:3] for _, i in b} <= set(range(10)) and first[3][0][0] == 1  # epoch 1
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        next(batch_indices(2, 3, seed=0))
+
+
+def test_checkpoint_is_atomic_and_weights_only(tmp_path):
+    path = tmp_path / "c.pt"
+    ckpt.save_atomic({"step": 1, "w": torch.ones(2), "rng": ckpt.rng_state()}, path)
+    assert not list(tmp_path.glob(".*.tmp"))
+    state = ckpt.load(path)
+    assert state["step"] == 1 and torch.equal(state["w"], torch.ones(2))
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError, match="disk full"):
+        ckpt.save_atomic({"step": 2, "bad": Boom()}, path)
+    assert ckpt.load(path)["step"] == 1  # the old checkpoint survived the failed write
+    assert not list(tmp_path.glob(".*.tmp"))
+
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="could not read checkpoint"):
+        ckpt.load(tmp_path / "bad.pt")
+
+
+def test_rng_state_round_trip():
+    state = ckpt.rng_state()
+    a = (torch.rand(3), __import__("random").random(), __import__("numpy").random.rand())
+    ckpt.set_rng_state(state)
+    b = (torch.rand(3), __import__("random").random(), __import__("numpy").random.rand())
+    assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
+
+
+def test_train_writes_outputs_and_resume_is_exact(tiny_data, tmp_path):
+    recipe = tiny_recipe()
+    full = train(recipe, tiny_data, tmp_path / "full", progress=False)
+    assert (tmp_path / "full" / "checkpoint.pt").exists()
+    log = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if r["kind"] == "val"] == [2, 4]
+    assert 0.0 <= full.metrics["mIoU"] <= 1.0
+
+    # Stopped after 3 of the 4 iterations (between evaluations), then resumed.
+    stopped = train(recipe, tiny_data, tmp_path / "split", progress=False, stop_after=3)
+    assert stopped.metrics is None
+    assert ckpt.load(tmp_path / "split" / "checkpoint.pt")["step"] == 3
+    train(recipe, tiny_data, tmp_path / "split", progress=False, resume=True)
+    a = ckpt.load(tmp_path / "full" / "checkpoint.pt")
+    b = ckpt.load(tmp_path / "split" / "checkpoint.pt")
+    assert a["step"] == b["step"] == 4
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+    with pytest.raises(ValueError, match="another recipe"):
+        train(recipe.with_overrides(lr=1.0), tiny_data, tmp_path / "split", progress=False, resume=True)
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(tiny_data, tmp_path):
+    recipe = tiny_recipe(iters=6)
+    train(recipe.with_overrides(iters=2), tiny_data, tmp_path, progress=False)
+    saved = ckpt.load(tmp_path / "checkpoint.pt")
+    with pytest.raises(FloatingPointError, match=r"loss is nan at step 3"):
+        train(recipe.with_overrides(lr=float("nan")), tiny_data, tmp_path / "nan", progress=False)
+    assert ckpt.load(tmp_path / "checkpoint.pt")["step"] == saved["step"]
+
+
+def test_labels_out_of_range_are_reported(tmp_path):
+    root = generate(tmp_path / "bad", n_train=4, n_val=1, size=(64, 64), seed=0)
+    from torchvision.io import decode_png, encode_png, read_file, write_file
+    path = sorted((root / "annotations" / "training").glob("*.png"))[0]
+    mask = decode_png(read_file(str(path)))
+    mask[0, 0, 0] = 200  # ADE20K has 150 classes: 200 is no class
+    write_file(str(path), encode_png(mask))
+    with pytest.raises(ValueError, match=r"200"):
+        train(tiny_recipe(batch_size=4, iters=1), root, tmp_path / "run", progress=False)
+
+
+def test_cli_train_and_zoo(tiny_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(RECIPES, "tiny", tiny_recipe(iters=2))
+    assert cli_main(["train", "--config", "tiny", "--data", str(tiny_data), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "mIoU" in out
+    for name in ("checkpoint.pt", "metrics.jsonl", "curves.png", "predictions.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert cli_main(["eval", "--checkpoint", str(tmp_path / "checkpoint.pt"), "--data", str(tiny_data)]) == 0
+    assert cli_main(["zoo", "--pattern", "segformer-b0"]) == 0
+    assert "| segformer-b0 | 3.32 | 0.43 | 3.753 | 3.8 | 512x512 | 8.4 | 8.4 |" in capsys.readouterr().out
+    assert cli_main(["train", "--model", "segformer-b9", "--config", "tiny", "--data", str(tiny_data)]) == 2
+    assert "unknown model 'segformer-b9'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown recipe"):
+        get_recipe("nope")
+    assert math.isfinite(RECIPES["segformer-b5-ade20k"].lr) and RECIPES["segformer-b5-ade20k"].crop_size == 640
+
+
+def test_auxiliary_losses_are_weighted_in():
+    from segedu.losses import seg_loss, total_loss
+    torch.manual_seed(0)
+    model = segedu.build_model("setr-naive-base", num_classes=5, aux_heads=True, depth=10)
+    x, y = torch.randn(1, 3, 32, 48), torch.randint(0, 5, (1, 32, 48))
+    out = model.forward_train(x)
+    assert len(out["aux"]) == 3 and model.aux_weights == (0.4, 0.4, 0.4)
+    expected = seg_loss(out["main"], y) + sum(0.4 * seg_loss(a, y) for a in out["aux"])
+    torch.testing.assert_close(total_loss(out, y, model.aux_weights), expected)
+    plain = segedu.build_model("segformer-b0", num_classes=5)
+    assert plain.forward_train(torch.randn(1, 3, 64, 64))["aux"] == []
