@@ -117,7 +117,9 @@ def train(recipe: Recipe, data_root: str | Path, out_dir: str | Path, seed: int 
     elif log_path.exists():
         log_path.unlink()  # a fresh run starts a fresh log
 
+    # A generator of its own: creating the iterator would otherwise draw from the global RNG.
     loader = DataLoader(SeededAugment(train_set, augment, seed), num_workers=num_workers,
+                        generator=torch.Generator().manual_seed(seed),
                         batch_sampler=batch_indices(len(train_set), recipe.batch_size, seed, start),
                         pin_memory=device.type == "cuda", persistent_workers=num_workers > 0)
     batches = iter(loader)
