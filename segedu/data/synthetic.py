@@ -10,7 +10,7 @@ sky, grass and trees are both green, road, sidewalk and facades are all grey,
 clouds, snow and white cars are all white. What tells them apart is texture
 (ripples, blades, leaf clumps, window grids, paving) and context (water lies
 below the horizon, cars stand on roads). A little of every image is left
-unlabeled (value 0: poles, signs, rocks), as in ADE20K.
+unlabeled (value 0: poles, signs, bins, rocks), as in ADE20K.
 
 Every scene is drawn from ``numpy.random.default_rng([seed, split, index])``,
 so an image depends only on those three numbers. Run
@@ -341,7 +341,8 @@ def _tree(rng, cv: _Canvas, cam: _Camera, X: float, Z: float, sun: int) -> None:
         cy = height - radius
         blobs = np.full(a.shape, np.inf, np.float32)
         for _ in range(rng.integers(3, 6)):
-            ox, oy, r = rng.uniform(-0.5, 0.5) * radius, rng.uniform(-0.4, 0.3) * radius, rng.uniform(0.55, 0.85) * radius
+            ox, oy = rng.uniform(-0.5, 0.5) * radius, rng.uniform(-0.4, 0.3) * radius  # blob centre
+            r = rng.uniform(0.55, 0.85) * radius
             blobs = np.minimum(blobs, _length(a - ox, b - cy - oy) / r)
         canopy = blobs + 0.18 * edge_noise < 1
         base = _jitter(rng, [(55, 95, 40), (70, 105, 45), (45, 80, 50), (95, 110, 45)][rng.integers(4)], 10)
@@ -394,7 +395,8 @@ def _car(rng, cv: _Canvas, cam: _Camera, X: float, Z: float) -> None:
     wheels = (b >= 0) & (b < 0.35) & (np.abs(a) > half - 0.32) & (np.abs(a) < half - 0.02)
     lights = (b > 0.42 * tall) & (b < 0.52 * tall) & (np.abs(a) > half - 0.3) & (np.abs(a) < half)
     plate = (np.abs(a) < 0.26) & (np.abs(b - 0.33 * tall) < 0.07)
-    palette = [(235, 235, 235), (170, 172, 178), (30, 30, 35), (170, 30, 35), (35, 60, 140), (40, 80, 55), (220, 190, 40)]
+    palette = [(235, 235, 235), (170, 172, 178), (30, 30, 35), (170, 30, 35), (35, 60, 140), (40, 80, 55),
+               (220, 190, 40)]
     paint = _jitter(rng, palette[rng.integers(len(palette))], 10)
     shine = 1 + 0.15 * np.clip((b - 0.5 * tall) / tall, -1, 1)
     colour = paint * shine[..., None]
@@ -430,7 +432,8 @@ def _pole(rng, cv: _Canvas, cam: _Camera, X: float, Z: float) -> None:
     a, b = (cv.x[box] - xb) / s, (yb - cv.y[box]) / s
     pole = (np.abs(a) < max(0.07, 0.9 / s)) & (b >= 0) & (b < tall)
     sign = (np.abs(a) < 0.35) & (np.abs(b - tall * 0.8) < 0.3) & (rng.random() < 0.7)
-    colour = np.where(sign[..., None], _jitter(rng, [(30, 80, 170), (190, 30, 30), (230, 230, 230)][rng.integers(3)], 10), np.float32([70, 72, 75]))
+    sign_colour = _jitter(rng, [(30, 80, 170), (190, 30, 30), (230, 230, 230)][rng.integers(3)], 10)
+    colour = np.where(sign[..., None], sign_colour, np.float32([70, 72, 75]))
     cv.paint(pole | sign, colour, UNLABELED, box)
 
 
@@ -568,7 +571,8 @@ def _street(rng, cv: _Canvas, sun: int) -> None:
             x, z = side * (half + 0.4), rng.uniform(5, 40)
             objects.append((z, lambda x=x, z=z: _pole(rng, cv, cam, x, z)))
         for _ in range(rng.integers(0, 2)):
-            x, z = side * rng.uniform(half + verge[side] + 0.5, half + verge[side] + walk[side] - 0.5), rng.uniform(5, 30)
+            x = side * rng.uniform(half + verge[side] + 0.5, half + verge[side] + walk[side] - 0.5)
+            z = rng.uniform(5, 30)
             objects.append((z, lambda x=x, z=z: _street_furniture(rng, cv, cam, x, z)))
     for _ in range(rng.integers(3, 9)):
         side = rng.choice([-1, 1])
@@ -596,12 +600,12 @@ def _landscape(rng, cv: _Canvas, sun: int) -> None:
     grass_base = _jitter(rng, [(70, 125, 45), (105, 135, 55), (55, 110, 45)][rng.integers(3)], 12)
     if lake:
         if rng.random() < 0.7:  # a line of distant trees on the far shore
-            band = cam.horizon - (2 + 4 * np.abs(fbm(rng, cv.x[0] / 6, 0.0 * cv.x[0], 3)))
+            band = cam.horizon - (2 + 4 * np.abs(fbm(rng, cv.x[0] / 6, np.zeros(cv.w, np.float32), 3)))
             far = (cv.y >= band[None, :]) & (cv.y < cam.horizon + 0.5)
             dark = _jitter(rng, (45, 75, 45), 8) * (1 + 0.2 * fbm(rng, cv.x / 2, cv.y / 2, 2))[..., None]
             cv.paint(far, _mix(dark, haze, 0.3), TREE)
         shore = cam.horizon + (cv.h - cam.horizon) * rng.uniform(0.25, 0.7)
-        shore = shore + cv.h * 0.05 * fbm(rng, cv.x[0] / cv.w * 3, 0.0 * cv.x[0], 3)  # [W]
+        shore = shore + cv.h * 0.05 * fbm(rng, cv.x[0] / cv.w * 3, np.zeros(cv.w, np.float32), 3)  # [W]
         water = below & (cv.y < shore[None, :])
         land = below & ~water
         cv.paint(land, _grass_colour(rng, cv, cam, haze, grass_base), GRASS)
@@ -734,7 +738,8 @@ def generate(
             image, mask = render_scene(rng, size)
             stem = _file_stem(split, index)
             with quiet_codec_warnings():
-                jpeg = encode_jpeg(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), quality=JPEG_QUALITY)
+                chw = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))  # [3, H, W]
+                jpeg = encode_jpeg(chw, quality=JPEG_QUALITY)
                 png = encode_png(torch.from_numpy(mask)[None])  # [1, H, W] uint8
             write_file(str(image_dir / f"{stem}.jpg"), jpeg)
             write_file(str(annotation_dir / f"{stem}.png"), png)
