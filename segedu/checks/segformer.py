@@ -1,333 +1,24 @@
-"""Self-checks for the course exercises: a learner's function or module against segedu's reference.
-
-Every ``check_*`` function follows the same recipe:
-
-1. build the segedu reference with random weights (large enough that attention is not uniform and
-   every layer matters), on fixed seeds, without touching the learner's random-number stream;
-2. build the learner's module with the same constructor arguments and copy the reference weights
-   into it with ``load_state_dict`` (so parameter names and shapes must match segedu's);
-3. compare outputs on a few small random inputs (non-square, several heads / reduction ratios);
-4. on a mismatch, recompute the output with each classic mistake and, if one matches, name it.
-
-A failed check raises ``AssertionError`` whose message says what was expected and, where it can,
-which bug produced the output; a passed check prints one line. An unsolved exercise (a stub that
-raises ``NotImplementedError``, as nbgrader's student version does) lets that error through unchanged. The checks are deterministic, so a
-notebook that calls them prints the same thing on every machine.
-"""
+"""Checks for notebooks 05a-05c: SegFormer's pieces, its decoder and the loss."""
 from __future__ import annotations
 
-import contextlib
-import math
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = [
-    "check_reduce_zero_label",
-    "check_pixel_accuracy",
-    "check_iou",
-    "check_overlap_patch_embed",
-    "check_efficient_attention",
-    "check_mix_ffn",
-    "check_block",
-    "check_mit_stage",
-    "check_segformer_head",
-    "check_seg_loss",
-]
+from ._core import (_build, _copy_weights, _diagnose, _expect_tensor, _fail, _passed,
+                    _randomize_, _run, _seeded, _to_map, _to_tokens)
 
-RTOL, ATOL = 1e-4, 1e-5  # float32, and room for equivalent orderings of the same arithmetic
-
-Candidates = Iterable[tuple[str, Callable[[], torch.Tensor]]]
-
-
-# ----------------------------------------------------------------------------------------------
-# Shared machinery
-# ----------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _seeded(seed: int):
-    """Run a block on its own seed and give the caller's RNG state back afterwards."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
-def _close(a: torch.Tensor, b: torch.Tensor, rtol: float = RTOL, atol: float = ATOL) -> bool:
-    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor) or a.shape != b.shape:
-        return False
-    return bool(torch.allclose(a.double(), b.double(), rtol=rtol, atol=atol, equal_nan=True))
-
-
-def _fail(where: str, message: str):
-    raise AssertionError(f"{where}: {message}")
-
-
-def _diagnose(where: str, out: torch.Tensor, expected: torch.Tensor, candidates: Candidates,
-              generic: str, rtol: float = RTOL, atol: float = ATOL) -> None:
-    """Raise if ``out`` is not ``expected``, naming the first classic mistake that reproduces it."""
-    if _close(out, expected, rtol, atol):
-        return
-    for message, make in candidates:
-        try:
-            wrong = make()
-        except Exception:  # a mistake that cannot even run on this input cannot be the one
-            continue
-        if _close(out, wrong, rtol, atol):
-            _fail(where, message)
-    diff = (out.double() - expected.double()).abs()
-    diff = diff[~diff.isnan()]
-    worst = f"{diff.max().item():.3g}" if diff.numel() else "nan"
-    _fail(where, f"the values differ from segedu's (largest difference {worst}). {generic}")
-
-
-def _randomize_(module: nn.Module, seed: int) -> nn.Module:
-    """Weights with std 1/sqrt(fan_in), biases and norm affines away from their trivial values.
-
-    The default initialisations (std 0.02, zero biases, unit norms) make attention almost uniform
-    and hide bugs such as a missing scale; these weights keep every layer's effect visible.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            if p.ndim >= 2:
-                fan_in = p[0].numel()
-                p.copy_(noise / math.sqrt(fan_in))
-            elif name.endswith("weight"):  # LayerNorm / BatchNorm scale
-                p.copy_(1.0 + 0.2 * noise)
-            else:
-                p.copy_(0.2 * noise)
-        for name, b in module.named_buffers():
-            if name.endswith("running_mean"):
-                b.copy_(0.2 * torch.randn(b.shape, generator=gen))
-            elif name.endswith("running_var"):
-                b.copy_(0.5 + torch.rand(b.shape, generator=gen))
-    return module
-
-
-def _build(cls, args: tuple, where: str) -> nn.Module:
-    try:
-        module = cls(*args)
-    except NotImplementedError:  # an unsolved exercise: let it through unchanged (nbgrader, CI)
-        raise
-    except Exception as err:
-        _fail(where, f"constructing {getattr(cls, '__name__', cls)}{args} raised {type(err).__name__}: {err}. "
-                     f"The check calls the constructor with segedu's arguments, in segedu's order.")
-    if not isinstance(module, nn.Module):
-        _fail(where, f"expected a torch.nn.Module subclass, got {type(module).__name__}")
-    return module
-
-
-def _copy_weights(student: nn.Module, reference: nn.Module, where: str, hints: dict[str, str]) -> None:
-    """``load_state_dict`` with a readable account of every missing, extra or mis-shaped entry."""
-    ref, mine = reference.state_dict(), student.state_dict()
-    problems = []
-    for key, value in ref.items():
-        if key not in mine:
-            problems.append(f"missing {key} {list(value.shape)}")
-        elif mine[key].shape != value.shape:
-            problems.append(f"{key} has shape {list(mine[key].shape)}, expected {list(value.shape)}")
-    problems += [f"unexpected {key} {list(mine[key].shape)}" for key in mine if key not in ref]
-    if problems:
-        advice = [hint for pattern, hint in hints.items() if any(pattern in p for p in problems)]
-        expected = ", ".join(f"{k} {list(v.shape)}" for k, v in ref.items())
-        _fail(where, "the parameters do not match segedu's, so its weights cannot be copied in:\n  - "
-              + "\n  - ".join(problems)
-              + ("\nHint: " + " ".join(advice) if advice else "")
-              + f"\nExpected exactly: {expected}")
-    student.load_state_dict(ref)
-
-
-def _run(where: str, fn: Callable, *args):
-    try:
-        with torch.no_grad():
-            return fn(*args)
-    except (AssertionError, NotImplementedError):
-        raise
-    except Exception as err:
-        shapes = ", ".join(str(tuple(a.shape)) if isinstance(a, torch.Tensor) else repr(a) for a in args)
-        _fail(where, f"calling it with ({shapes}) raised {type(err).__name__}: {err}")
-
-
-def _expect_tensor(where: str, out, shape: tuple, hint: str = "") -> torch.Tensor:
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor) and tuple(out[0].shape) == shape:
-        _fail(where, f"returned a {type(out).__name__} of {len(out)} items; return only the output tensor "
-                     f"of shape {list(shape)}")
-    if not isinstance(out, torch.Tensor):
-        _fail(where, f"expected a tensor, got {type(out).__name__}")
-    if tuple(out.shape) != tuple(shape):
-        _fail(where, f"output shape {list(out.shape)}, expected {list(shape)}. {hint}".rstrip())
-    return out
-
-
-def _passed(name: str, n: int, reference: str) -> None:
-    print(f"{name} passed: {n} cases match {reference}")
-
-
-def _to_map(tokens: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """[B, N, C] -> [B, C, H, W] (the right way)."""
-    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *hw)
-
-
-def _to_tokens(x: torch.Tensor) -> torch.Tensor:
-    """[B, C, H, W] -> [B, N, C] (the right way)."""
-    return x.flatten(2).transpose(1, 2)
-
-
-# ----------------------------------------------------------------------------------------------
-# 00: labels and metrics
-# ----------------------------------------------------------------------------------------------
-def check_reduce_zero_label(fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
-    """``fn(mask) -> mask``: ADE20K PNG values to class indices (0 -> 255, v -> v - 1, 255 stays 255).
-
-    Tried on uint8 and int64 masks; the input must not be modified in place.
-    """
-    from .data import reduce_zero_label as ref
-
-    where = "check_reduce_zero_label"
-    gen = torch.Generator().manual_seed(0)
-    base = torch.randint(0, 151, (2, 5, 7), generator=gen)
-    base[0, 0, :6] = torch.tensor([0, 1, 2, 149, 150, 255])  # the values that matter, always present
-    n = 0
-    for dtype in (torch.uint8, torch.int64):
-        mask = base.to(dtype)
-        keep = mask.clone()
-        out = _run(where, fn, mask)
-        if not torch.equal(mask, keep):
-            _fail(where, "your function changed its input in place; work on a copy (e.g. mask.clone()) so the "
-                         "caller's mask keeps its raw values")
-        out = _expect_tensor(where, out, tuple(mask.shape))
-        expected = ref(mask).long()
-        x = mask.long()
-        candidates = [
-            ("it looks like reduce_zero_label was applied twice: raw 1 (wall) became 255 and 2 became 0. "
-             "Masks from SegmentationFolder(reduce_zero_label=True) are already reduced.",
-             lambda: ref(ref(mask)).long()),
-            ("0 (unlabeled) must become 255, the ignore index; here it became -1. Shift first, then set the "
-             "old zeros to 255.", lambda: x - 1),
-            ("0 (unlabeled) must become 255, but the classes were not shifted: v must become v - 1 "
-             "(1 = wall -> class 0).", lambda: torch.where(x == 0, 255, x)),
-            ("the ignore value 255 must stay 255 (it becomes 254 after the shift: map it back).",
-             lambda: torch.where(x == 0, 255, x - 1)),
-            ("0 (unlabeled) must become the ignore index 255, not class 0 (wall).", lambda: (x - 1).clamp(min=0)),
-            ("the shift goes the wrong way: v must become v - 1.", lambda: torch.where(x == 0, 255, x + 1)),
-        ]
-        _diagnose(f"{where} ({'uint8' if dtype == torch.uint8 else 'int64'} mask)", out.long(), expected,
-                  candidates, "Expected 0 -> 255, v -> v - 1 for v in 1..150, 255 -> 255.", rtol=0, atol=0)
-        n += 1
-    _passed(where, n, "segedu.data.reduce_zero_label")
-
-
-def _confusion(pred: torch.Tensor, target: torch.Tensor, k: int, ignore_index: int) -> torch.Tensor:
-    keep = target != ignore_index
-    return torch.bincount(target[keep] * k + pred[keep], minlength=k * k).reshape(k, k).double()
-
-
-def _iou_from(inter, pred_count, label_count):
-    return inter / (pred_count + label_count - inter)
-
-
-def check_pixel_accuracy(fn: Callable[..., float]) -> None:
-    """``fn(pred, target, ignore_index=255) -> float``: correct / labelled pixels, ignoring 255."""
-    where = "check_pixel_accuracy"
-    gen = torch.Generator().manual_seed(1)
-    n = 0
-    for shape in ((2, 6, 9), (1, 5, 4)):
-        target = torch.randint(0, 4, shape, generator=gen)
-        pred = torch.where(torch.rand(shape, generator=gen) < 0.6, target, torch.randint(0, 4, shape, generator=gen))
-        target[torch.rand(shape, generator=gen) < 0.3] = 255
-        out = _run(where, fn, pred, target, 255)
-        if isinstance(out, torch.Tensor):
-            if out.numel() != 1:
-                _fail(where, f"expected one number, got a tensor of shape {list(out.shape)}")
-            out = out.item()
-        if not isinstance(out, (float, int)):
-            _fail(where, f"expected a float, got {type(out).__name__}")
-        keep = target != 255
-        expected = (pred[keep] == target[keep]).double().mean().item()
-        got = torch.tensor(float(out))
-        candidates = [
-            ("the ignored pixels (255) were counted in the denominator: divide by the number of labelled "
-             "pixels only.", lambda: torch.tensor(((pred == target) & keep).double().sum().item() / target.numel())),
-            ("the ignored pixels (255) were counted: drop them before comparing.",
-             lambda: torch.tensor((pred == target).double().mean().item())),
-            ("this is a percentage; return a fraction in [0, 1].", lambda: torch.tensor(100 * expected)),
-        ]
-        _diagnose(where, got, torch.tensor(expected), candidates, "Expected (#correct labelled pixels) / "
-                  "(#labelled pixels).", rtol=1e-6, atol=1e-6)
-        n += 1
-    _passed(where, n, "segedu.metrics.SegMetrics (aAcc)")
-
-
-def check_iou(fn: Callable[..., torch.Tensor]) -> None:
-    """``fn(pred, target, num_classes, ignore_index=255) -> Tensor[num_classes]``: per-class IoU.
-
-    Dataset-level (sum over all images of the batch first), ignored pixels dropped, NaN for a class
-    absent from both prediction and label.
-    """
-    from .metrics import SegMetrics
-
-    where = "check_iou"
-    gen = torch.Generator().manual_seed(2)
-    n = 0
-    for k, shape in ((5, (3, 6, 7)), (4, (2, 5, 5))):
-        # The last class never appears in the label: with k = 5 it is predicted on two pixels (IoU 0),
-        # with k = 4 it is absent from both prediction and label (IoU undefined: NaN).
-        target = torch.randint(0, k - 1, shape, generator=gen)
-        pred = torch.where(torch.rand(shape, generator=gen) < 0.55, target,
-                           torch.randint(0, k - 1, shape, generator=gen))
-        target[torch.rand(shape, generator=gen) < 0.25] = 255
-        if k == 5:
-            pred[-1, -1, :2], target[-1, -1, :2] = k - 1, 0
-        out = _run(where, fn, pred, target, k, 255)
-        if isinstance(out, (float, int)) or (isinstance(out, torch.Tensor) and out.ndim == 0):
-            _fail(where, f"expected one IoU per class (a tensor of shape [{k}]), got a single number: return the "
-                         "per-class values; mIoU is their nanmean")
-        out = _expect_tensor(where, out, (k,), "One IoU per class.")
-        metric = SegMetrics(k)
-        metric.update(pred, target)
-        expected = torch.tensor(metric.compute()["IoU"], dtype=torch.float64)
-        cm = _confusion(pred, target, k, 255)
-        inter, label, pcount = cm.diag(), cm.sum(1), cm.sum(0)
-        valid_pred = pred[(pred >= 0) & (pred < k)]
-        all_pred = torch.bincount(valid_pred, minlength=k).double()
-
-        def per_image():
-            rows = []
-            for b in range(shape[0]):
-                c = _confusion(pred[b], target[b], k, 255)
-                rows.append(_iou_from(c.diag(), c.sum(0), c.sum(1)))
-            return torch.stack(rows).nanmean(0)
-
-        candidates = [
-            ("the ignored pixels (label 255) were counted: their predictions inflate the union. Drop every pixel "
-             "whose label is ignore_index before counting.", lambda: _iou_from(inter, all_pred, label)),
-            ("a class absent from both prediction and label must be NaN (undefined), not 0, so that nanmean "
-             "skips it.", lambda: torch.nan_to_num(expected, nan=0.0)),
-            ("the union is |P| + |L| - |P and L|: the intersection was not subtracted.",
-             lambda: inter / (pcount + label)),
-            ("that is the Dice / F1 score 2|P and L| / (|P| + |L|), not the IoU.",
-             lambda: 2 * inter / (pcount + label)),
-            ("that is the class accuracy |P and L| / |L| (recall), not the IoU: the union also counts the "
-             "pixels wrongly predicted as the class.", lambda: inter / label),
-            ("that is |P and L| / |P| (precision), not the IoU.", lambda: inter / pcount),
-            ("the IoU was computed per image and then averaged; the benchmark sums intersections and unions "
-             "over the whole set first (dataset-level IoU).", per_image),
-        ]
-        _diagnose(where, out.double(), expected, candidates,
-                  "Expected IoU_c = |pred=c and label=c| / |pred=c or label=c| over labelled pixels.",
-                  rtol=1e-6, atol=1e-6)
-        n += 1
-    _passed(where, n, "segedu.metrics.SegMetrics")
-
+__all__ = ["check_overlap_patch_embed", "check_efficient_attention", "check_mix_ffn", "check_block",
+           "check_mit_stage", "check_segformer_head", "check_seg_loss"]
 
 # ----------------------------------------------------------------------------------------------
 # 05a: overlapped patch embedding, efficient self-attention
 # ----------------------------------------------------------------------------------------------
 def check_overlap_patch_embed(cls: type) -> None:
     """``cls(in_channels, dim, patch_size, stride)``; ``forward(x) -> (tokens [B, N, C], (h, w))``."""
-    from .models.segformer import OverlapPatchEmbed
+    from ..models.segformer import OverlapPatchEmbed
 
     where = "check_overlap_patch_embed"
     hints = {"proj": "Name the convolution `proj` (nn.Conv2d(in_channels, dim, patch_size, stride, "
@@ -428,7 +119,7 @@ def check_efficient_attention(cls: type) -> None:
     Parameters as in segedu: ``q`` Linear(C, C), ``kv`` Linear(C, 2C) (keys first), ``sr``
     Conv2d(C, C, sr, stride=sr) and ``norm`` LayerNorm(C) when sr > 1, ``proj`` Linear(C, C).
     """
-    from .models.segformer import EfficientSelfAttention
+    from ..models.segformer import EfficientSelfAttention
 
     where = "check_efficient_attention"
     hints = {"sr": "With sr_ratio > 1 the keys/values come from `sr` = nn.Conv2d(dim, dim, sr_ratio, "
@@ -500,7 +191,7 @@ def check_mix_ffn(cls: type) -> None:
     ``fc1`` Linear(C, hidden) -> ``dwconv`` 3x3 depth-wise Conv2d(hidden, hidden, groups=hidden,
     padding 1) on the token map -> GELU -> ``fc2`` Linear(hidden, C). No residual inside.
     """
-    from .models.segformer import MixFFN
+    from ..models.segformer import MixFFN
 
     where = "check_mix_ffn"
     hints = {"dwconv.weight has shape": "`dwconv` is a depth-wise 3x3 conv on the hidden width: "
@@ -546,7 +237,7 @@ def check_block(cls: type) -> None:
     Pre-norm: ``x = x + attn(norm1(x), hw)``, then ``x = x + mlp(norm2(x), hw)`` with
     ``attn`` an EfficientSelfAttention and ``mlp`` a MixFFN(dim, dim * mlp_ratio).
     """
-    from .models.segformer import Block
+    from ..models.segformer import Block
 
     where = "check_block"
     hints = {"norm": "The block's LayerNorms are `norm1` (before attention) and `norm2` (before the Mix-FFN).",
@@ -614,7 +305,7 @@ def check_mit_stage(cls: type) -> None:
     ``forward(x [B, C_in, H, W]) -> [B, dim, ceil(H / stride), ceil(W / stride)]``: ``patch_embed``,
     the ``blocks`` (a ModuleList), the stage-end LayerNorm ``norm``, back to a feature map.
     """
-    from .models.segformer import MiTStage
+    from ..models.segformer import MiTStage
 
     where = "check_mit_stage"
     hints = {"patch_embed": "The stage starts with `patch_embed` = OverlapPatchEmbed(in_channels, dim, "
@@ -682,7 +373,7 @@ def check_segformer_head(cls: type) -> None:
     -> concat in the order [c4, c3, c2, c1] -> ``linear_fuse`` 1x1 conv (no bias) -> ``bn`` -> ReLU
     -> ``dropout`` -> ``linear_pred`` 1x1 conv: logits at stride 4. Checked in eval mode.
     """
-    from .models.segformer import SegFormerHead
+    from ..models.segformer import SegFormerHead
 
     where = "check_segformer_head"
     hints = {"linear_c": "One Linear per stage in an nn.ModuleList `linear_c`: nn.Linear(C_i, embed_dim).",
@@ -729,7 +420,7 @@ def check_seg_loss(fn: Callable[..., torch.Tensor]) -> None:
     Logits at the decoder's stride are resized bilinearly (align_corners=False) to the label size,
     then cross-entropy averaged over the labelled pixels (label 255 ignored).
     """
-    from .losses import seg_loss
+    from ..losses import seg_loss
 
     where = "check_seg_loss"
     gen = torch.Generator().manual_seed(70)

@@ -1,0 +1,2 @@
+"""Checks for notebook 06: SegNeXt."""
+__all__: list[str] = []

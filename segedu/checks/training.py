@@ -1,0 +1,2 @@
+"""Checks for notebook 07: training."""
+__all__: list[str] = []
