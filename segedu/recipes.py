@@ -26,6 +26,9 @@ class Recipe:
     cat_max_ratio: float = 0.75
     test_short_side: int | None = 512           # None: evaluate at the stored size
     test_size_divisor: int | None = 32
+    test_mode: str = "whole"                    # whole | slide | ms-flip (segedu.evaluate)
+    slide_crop: int | None = None               # sliding-window crop and stride (slide mode)
+    slide_stride: int | None = None
     eval_every: int = 16000
     num_classes: int = 150
     reduce_zero_label: bool = True
