@@ -1,0 +1,160 @@
+"""Notebook 06's checks: they pass on segedu's reference and name each planted classic mistake."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from segedu import checks
+from segedu.models import segnext as nx
+
+
+def fails(check, arg, match):
+    with pytest.raises(AssertionError, match=match):
+        check(arg)
+
+
+def _nmf(x, bases, steps, eps):
+    nmf = nx.NMF2D(rank=bases.shape[-1], eps=eps, eval_steps=steps).eval()
+    return nmf.factorize(x, F.normalize(bases, dim=1), steps)
+
+
+@pytest.mark.parametrize("check,reference,name", [
+    (checks.check_msca, nx.MSCA, "check_msca"),
+    (checks.check_nmf, _nmf, "check_nmf"),
+])
+def test_reference_passes(check, reference, name, capsys):
+    check(reference)
+    out = capsys.readouterr().out
+    assert out.startswith(f"{name} passed:") and out.count("\n") == 1
+
+
+def test_unsolved_exercises_raise_not_implemented():
+    class Stub(nn.Module):
+        def __init__(self, *args):
+            super().__init__()
+            raise NotImplementedError()
+
+    def stub(*args):
+        raise NotImplementedError()
+
+    with pytest.raises(NotImplementedError):
+        checks.check_msca(Stub)
+    with pytest.raises(NotImplementedError):
+        checks.check_nmf(stub)
+
+
+def test_checks_leave_the_global_rng_alone():
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    checks.check_msca(nx.MSCA)
+    checks.check_nmf(_nmf)
+    assert torch.equal(torch.rand(4), expected)
+
+
+# ---------------------------------------------------------------------------- MSCA
+def _msca_variant(body):
+    class Variant(nx.MSCA):
+        def forward(self, x):
+            return body(self, x)
+    return Variant
+
+
+@pytest.mark.parametrize("body,match", [
+    (lambda m, x: m.mix(sum(b(m.conv0(x)) for b in m.branches)) * x, "only the three strip branches"),
+    (lambda m, x: m.mix(m.conv0(x) + sum(b(m.conv0(x)) for b in m.branches)) + x, "added to the input"),
+    (lambda m, x: m.mix(m.conv0(x) + sum(b(m.conv0(x)) for b in m.branches)), "returns the attention map"),
+    (lambda m, x: m.mix(m.conv0(x) + sum(b(x) for b in m.branches)) * x, "read the input x"),
+    (lambda m, x: (m.conv0(x) + sum(b(m.conv0(x)) for b in m.branches)) * x, "`mix` is not applied"),
+])
+def test_msca_mistakes(body, match):
+    fails(checks.check_msca, _msca_variant(body), match)
+
+
+class StripsSwapped(nx.MSCA):
+    """kx1 first, then 1xk: the weights no longer fit by name."""
+
+    def __init__(self, dim):
+        super().__init__(dim)
+        self.branches = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(dim, dim, (k, 1), padding=(k // 2, 0), groups=dim),
+                          nn.Conv2d(dim, dim, (1, k), padding=(0, k // 2), groups=dim))
+            for k in (7, 11, 21))
+
+
+class PaddingSquare(nx.MSCA):
+    """Strips padded with k // 2 on both sides: the map grows by k - 1 across the strip."""
+
+    def __init__(self, dim):
+        super().__init__(dim)
+        for branch in self.branches:
+            for conv in branch:
+                conv.padding = (conv.kernel_size[0] // 2 + conv.kernel_size[1] // 2,) * 2
+
+
+class NotDepthwise(nx.MSCA):
+    def __init__(self, dim):
+        super().__init__(dim)
+        self.conv0 = nn.Conv2d(dim, dim, 5, padding=2)
+
+
+def test_msca_structure_mistakes():
+    fails(checks.check_msca, StripsSwapped, r"branches\.0\.0\.weight has shape \[8, 1, 7, 1\](.|\n)*horizontal strip")
+    fails(checks.check_msca, PaddingSquare, r"branches\[0\]\[0\] \(kernel \(1, 7\)\) turns a 13x24 map into")
+    fails(checks.check_msca, NotDepthwise, r"conv0\.weight has shape \[8, 8, 5, 5\](.|\n)*depth-wise 5x5")
+
+
+# ---------------------------------------------------------------------------- NMF
+def _nmf_variant(*, eps_used=True, order="coef_first", normalize=True, softmax_dim=-1, final=True):
+    def fn(x, bases, steps, eps):
+        e = eps if eps_used else 0.0
+        if normalize:
+            bases = F.normalize(bases, dim=1)
+        coef = (x.transpose(1, 2) @ bases).softmax(dim=softmax_dim)
+
+        def upd_coef(b, c):
+            return c * (x.transpose(1, 2) @ b) / (c @ (b.transpose(1, 2) @ b) + e)
+
+        def upd_bases(b, c):
+            return b * (x @ c) / (b @ (c.transpose(1, 2) @ c) + e)
+
+        for _ in range(steps):
+            if order == "coef_first":
+                coef = upd_coef(bases, coef)
+                bases = upd_bases(bases, coef)
+            else:
+                bases = upd_bases(bases, coef)
+                coef = upd_coef(bases, coef)
+        if final:
+            coef = upd_coef(bases, coef)
+        return bases, coef
+    return fn
+
+
+def test_nmf_written_out_passes(capsys):
+    checks.check_nmf(_nmf_variant())
+    assert capsys.readouterr().out.startswith("check_nmf passed: 3 cases")
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(eps_used=False), "eps is missing"),
+    (dict(order="bases_first"), "bases are updated before the coefficients"),
+    (dict(normalize=False), "not L2-normalised over D"),
+    (dict(softmax_dim=1), "softmax runs over the positions"),
+    (dict(final=False), "final coef update"),
+])
+def test_nmf_mistakes(kwargs, match):
+    fails(checks.check_nmf, _nmf_variant(**kwargs), match)
+
+
+def test_nmf_shape_and_in_place_mistakes():
+    fails(checks.check_nmf, lambda x, b, s, e: _nmf(x, b, s, e)[0], "return a pair")
+    fails(checks.check_nmf, lambda x, b, s, e: (_nmf(x, b, s, e)[0], _nmf(x, b, s, e)[1].transpose(1, 2)),
+          r"coef: output shape \[2, 4, 30\], expected \[2, 30, 4\]")
+
+    def in_place(x, bases, steps, eps):
+        out = _nmf(x, bases, steps, eps)
+        bases.mul_(2)
+        return out
+
+    fails(checks.check_nmf, in_place, "modified in place")
