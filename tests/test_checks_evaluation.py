@@ -1,0 +1,100 @@
+"""Notebook 08's checks: each passes on segedu's reference and names the planted classic mistakes."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from segedu import checks
+from segedu.evaluate import slide_logits, slide_windows
+from segedu.metrics import SegMetrics
+
+
+def confusion_matrix(pred, target, num_classes, ignore_index=255):
+    m = SegMetrics(num_classes, ignore_index)
+    m.update(pred, target)
+    return m.confusion
+
+
+def iou_from_confusion(cm):
+    cm = cm.double()
+    inter = cm.diag()
+    return inter / (cm.sum(0) + cm.sum(1) - inter)
+
+
+def fails(check, args, match):
+    with pytest.raises(AssertionError, match=match):
+        check(*args)
+
+
+def test_references_pass(capsys):
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    checks.check_confusion_iou(confusion_matrix, iou_from_confusion)
+    checks.check_slide_logits(slide_logits)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" passed:")[0] for line in lines] == ["check_confusion_iou", "check_slide_logits"]
+    assert torch.equal(torch.get_rng_state(), state)  # the learner's RNG stream is left alone
+
+
+def test_unsolved_exercises_raise_not_implemented():
+    def stub(*args):
+        raise NotImplementedError()
+
+    with pytest.raises(NotImplementedError):
+        checks.check_confusion_iou(stub, iou_from_confusion)
+    with pytest.raises(NotImplementedError):
+        checks.check_confusion_iou(confusion_matrix, stub)
+    with pytest.raises(NotImplementedError):
+        checks.check_slide_logits(stub)
+
+
+# ------------------------------------------------------------------------ confusion matrix and IoU
+def test_confusion_iou_mistakes():
+    check = checks.check_confusion_iou
+
+    def counted_as_last(pred, target, k, ignore_index=255):
+        return torch.bincount(target.clamp(max=k - 1).flatten() * k + pred.flatten(), minlength=k * k).reshape(k, k)
+
+    def no_filter(pred, target, k, ignore_index=255):  # crashes on 255 in reshape
+        return torch.bincount(target.flatten() * k + pred.flatten(), minlength=k * k).reshape(k, k)
+
+    fails(check, (lambda *a: confusion_matrix(*a).T, iou_from_confusion), "rows and columns are swapped")
+    fails(check, (counted_as_last, iou_from_confusion), "ignored pixels \\(label 255\\) were counted")
+    fails(check, (no_filter, iou_from_confusion), "drop the pixels whose label is ignore_index")
+    fails(check, (lambda *a: confusion_matrix(*a) / confusion_matrix(*a).sum(1, keepdim=True), iou_from_confusion),
+          "returned fractions")
+    fails(check, (confusion_matrix, lambda cm: iou_from_confusion(cm).nan_to_num(0.0)), "must be NaN")
+    fails(check, (confusion_matrix, lambda cm: cm.diag() / (cm.sum(0) + cm.sum(1))), "not subtracted")
+    fails(check, (confusion_matrix, lambda cm: cm.diag() / cm.sum(1)), "recall")
+    fails(check, (confusion_matrix, lambda cm: iou_from_confusion(cm).nanmean()), "shape")
+
+
+# ------------------------------------------------------------------------ sliding-window inference
+def _slide(model, image, crop, stride, k, *, divide=True, align=True):
+    b, _, H, W = image.shape
+    canvas, count = torch.zeros(b, k, H, W), torch.zeros(1, 1, H, W)
+    for y1, y2, x1, x2 in slide_windows(H, W, crop, stride):
+        if not align:  # undo the shift of the last window: it starts at a multiple of the stride
+            y1, x1 = (y1 if y2 < H else (max(H - crop + stride - 1, 0) // stride) * stride,
+                      x1 if x2 < W else (max(W - crop + stride - 1, 0) // stride) * stride)
+        with torch.no_grad():
+            logits = F.interpolate(model(image[..., y1:y2, x1:x2]), size=(y2 - y1, x2 - x1), mode="bilinear")
+        canvas[..., y1:y2, x1:x2] += logits
+        count[..., y1:y2, x1:x2] += 1
+    return canvas / count if divide else canvas
+
+
+def test_slide_logits_mistakes():
+    check = checks.check_slide_logits
+    fails(check, (lambda *a: _slide(*a, divide=False),), "summed but not divided")
+    fails(check, (lambda *a: _slide(*a, align=False),), "not aligned to the border")
+    fails(check, (lambda m, x, c, s, k: slide_logits(m, x, c, s, k).softmax(1),), "values differ")
+    fails(check, (lambda m, x, c, s, k: slide_logits(m, x, c, s, k)[..., :-1],), "output shape")
+    fails(check, (lambda m, x, c, s, k: F.interpolate(m(x), size=x.shape[-2:], mode="bilinear"),), "values differ")
+
+
+def test_slide_logits_reference_matches_whole_image_when_one_window():
+    """A crop as large as the image is one window: slide inference is whole-image inference."""
+    model = torch.nn.Conv2d(3, 4, 3, padding=1)
+    x = torch.randn(1, 3, 12, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(slide_logits(model, x, 32, 16, 4), model(x))
