@@ -1,0 +1,102 @@
+"""Notebook 09's checks: they pass on the references and name each planted classic mistake."""
+import pytest
+import torch
+
+from segedu import checks
+from segedu.checks.inside import _measured_window_attention_flops
+
+
+def fails(check, arg, match):
+    with pytest.raises(AssertionError, match=match):
+        check(arg)
+
+
+def erf_variant(*, centre="floor", absolute="per_channel", images="all", normalise=True, in_place=False):
+    def erf_map(model, imgs):
+        x = imgs.requires_grad_(True) if in_place else imgs.clone().requires_grad_(True)
+        out = model(x)
+        h, w = out.shape[-2:]
+        i, j = (h // 2, w // 2) if centre == "floor" else ((h - 1) // 2, (w - 1) // 2)
+        target = out.sum() if centre == "all" else out[:, :, i, j].sum()
+        (grad,) = torch.autograd.grad(target, x)
+        if images == "first":
+            grad = grad[:1]
+        if absolute == "per_channel":
+            erf = grad.abs().sum(1).mean(0)
+        elif absolute == "none":
+            erf = grad.sum(1).mean(0)
+        elif absolute == "after_sum":
+            erf = grad.sum(1).abs().mean(0)
+        else:  # "per_image": one map per image
+            return grad.abs().sum(1) / grad.abs().sum(1).max()
+        return erf / erf.abs().max() if normalise else erf
+    return erf_map
+
+
+def window_flops(h, w, dim, ws, *, macs=False, pad=True, proj=True):
+    if pad:
+        h, w = -(-h // ws) * ws, -(-w // ws) * ws
+    n = h * w
+    count = (4 if proj else 3) * n * dim * dim + 2 * ws * ws * n * dim
+    return count if macs else 2 * count
+
+
+@pytest.mark.parametrize("check,reference,name", [
+    (checks.check_erf_map, erf_variant(), "check_erf_map"),
+    (checks.check_window_attention_flops, window_flops, "check_window_attention_flops"),
+])
+def test_reference_passes(check, reference, name, capsys):
+    check(reference)
+    out = capsys.readouterr().out
+    assert out.startswith(f"{name} passed:") and out.count("\n") == 1
+
+
+def test_window_flops_formula_matches_the_counter():
+    # The measured count is what the check compares against: Swin Eq. 2, doubled, on the padded map.
+    for h, w, dim, ws in [(14, 14, 32, 7), (9, 20, 16, 7), (12, 8, 8, 4)]:
+        assert _measured_window_attention_flops(h, w, dim, ws) == window_flops(h, w, dim, ws)
+
+
+def test_unsolved_exercises_raise_not_implemented():
+    def stub(*args):
+        raise NotImplementedError()
+
+    with pytest.raises(NotImplementedError):
+        checks.check_erf_map(stub)
+    with pytest.raises(NotImplementedError):
+        checks.check_window_attention_flops(stub)
+
+
+def test_checks_leave_the_global_rng_alone():
+    torch.manual_seed(5)
+    expected = torch.rand(4)
+    torch.manual_seed(5)
+    checks.check_erf_map(erf_variant())
+    checks.check_window_attention_flops(window_flops)
+    assert torch.equal(torch.rand(4), expected)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(absolute="none"), "keep their sign"),
+    (dict(absolute="after_sum"), "after summing the colour channels"),
+    (dict(images="first"), "only the first image"),
+    (dict(centre="all"), "whole output"),
+    (dict(centre="ceil"), r"\(\(h - 1\) // 2"),
+    (dict(normalise=False), "not divided by its maximum"),
+    (dict(absolute="per_image"), "one map per image"),
+    (dict(in_place=True), "caller's images were changed"),
+])
+def test_erf_mistakes(kwargs, match):
+    fails(checks.check_erf_map, erf_variant(**kwargs), match)
+
+
+@pytest.mark.parametrize("fn,match", [
+    (lambda h, w, d, ws: window_flops(h, w, d, ws, macs=True), "multiply-accumulates"),
+    (lambda h, w, d, ws: window_flops(h, w, d, ws, pad=False), "not padded"),
+    (lambda h, w, d, ws: window_flops(h, w, d, ws, proj=False), "output projection is missing"),
+    (lambda h, w, d, ws: 2 * (4 * h * w * d * d + 2 * (h * w) ** 2 * d), "global attention"),
+    (lambda h, w, d, ws: window_flops(h, w, d, ws) + 1000, "FlopCounterMode counts"),
+    (lambda h, w, d, ws: "many", "return a number"),
+])
+def test_window_attention_flops_mistakes(fn, match):
+    fails(checks.check_window_attention_flops, fn, match)
