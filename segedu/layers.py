@@ -95,3 +95,27 @@ class MultiHeadSelfAttention(nn.Module):
         q, k, v = rearrange(self.qkv(x), "b n (qkv heads d) -> qkv b heads n d", qkv=3, heads=self.num_heads)
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias.to(q.dtype))
         return self.proj(rearrange(x, "b heads n d -> b n (heads d)"))
+
+
+class ConvNormAct(nn.Module):
+    """Conv (same padding) -> BatchNorm or GroupNorm -> ReLU: mmcv's ``ConvModule`` as the decoders use it.
+
+    SETR's heads (BN, 1x1 or 3x3), the SSformer / SegFormer-style MLP layers (BN, 1x1) and SegNeXt's
+    LightHam head (GroupNorm(32), 1x1, ReLU or none) all use this one block. Keys: ``conv.*``, ``norm.*``.
+    ``bias=False`` by default: the norm's shift makes a conv bias redundant (SETR's official heads keep it).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, norm: str = "bn",
+                 act: bool = True, bias: bool = False, gn_groups: int = 32):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
+        if norm == "bn":
+            self.norm = nn.BatchNorm2d(out_channels)
+        elif norm == "gn":
+            self.norm = nn.GroupNorm(gn_groups, out_channels)
+        else:
+            raise ValueError(f"norm must be 'bn' or 'gn', got {norm!r}")
+        self.act = nn.ReLU() if act else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(self.conv(x)))

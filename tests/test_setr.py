@@ -331,14 +331,16 @@ def _official_state_dict(model, decoder: str) -> dict:
             k = re.sub(r"^decoder\.neck\.norms\.(\d)", r"backbone.norm_\1", k)
             k = re.sub(r"^decoder\.neck\.proj\.(\d)", lambda m: f"backbone.mla.mla_p{int(m[1]) + 2}_1x1", k)
             k = re.sub(r"^decoder\.neck\.fuse\.(\d)", lambda m: f"backbone.mla.mla_p{int(m[1]) + 2}", k)
-            k = re.sub(r"^decoder\.head\.streams\.(\d)", lambda m: f"decode_head.mlahead.head{int(m[1]) + 2}", k)
+            k = re.sub(r"^decoder\.head\.streams\.(\d)\.(\d)\.(conv|norm)",
+                       lambda m: f"decode_head.mlahead.head{int(m[1]) + 2}.{3 * int(m[2]) + (m[3] == 'norm')}", k)
+            k = re.sub(r"(_1x1|mla_p\d)\.conv\.", r"\1.0.", k).replace(".norm.", ".1.") if "mla." in k else k
             k = k.replace("decoder.head.linear_pred.", "decode_head.cls.")
             k = re.sub(r"^aux_heads\.(\d)\.linear_pred", r"auxiliary_head.\1.aux", k)
         else:
             k = re.sub(r"^decoder\.", "decode_head.", k)
             k = re.sub(r"^aux_heads\.(\d)\.", r"auxiliary_head.\1.", k)
-            k = re.sub(r"\.convs\.(\d)\.0\.", r".conv_\1.", k)
-            k = re.sub(r"\.convs\.(\d)\.1\.", r".syncbn_fc_\1.", k)
+            k = re.sub(r"\.convs\.(\d)\.conv\.", r".conv_\1.", k)
+            k = re.sub(r"\.convs\.(\d)\.norm\.", r".syncbn_fc_\1.", k)
             head = model.decoder if k.startswith("decode_head.") else None
             if ".linear_pred." in k:  # the classifier is conv_{num_conv - 1}
                 head = head or model.aux_heads[int(k.split(".")[1])]

@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from ..layers import DropPath, drop_path_rates, init_vit_style
+from ..layers import ConvNormAct, DropPath, drop_path_rates, init_vit_style
 from ..registry import ModelSpec, register_model
 from .base import SegmentationModel
 
@@ -287,19 +287,6 @@ class NMF2D(nn.Module):
                 f"inv_t={self.inv_t}, seed={self.seed}")
 
 
-class ConvGNAct(nn.Module):
-    """1x1 conv (no bias) -> GroupNorm(32) -> optional ReLU: mmcv's ``ConvModule`` as the decoder uses it."""
-
-    def __init__(self, in_channels: int, out_channels: int, act: bool = True, groups: int = 32):
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)  # the norm has the bias
-        self.norm = nn.GroupNorm(groups, out_channels)
-        self.act = nn.ReLU() if act else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.norm(self.conv(x)))
-
-
 class Hamburger(nn.Module):
     """Two slices of "bread" around the "ham" (matrix decomposition).
 
@@ -311,7 +298,7 @@ class Hamburger(nn.Module):
         super().__init__()
         self.ham_in = nn.Conv2d(channels, channels, 1)
         self.nmf = nmf
-        self.ham_out = ConvGNAct(channels, channels, act=False)
+        self.ham_out = ConvNormAct(channels, channels, norm="gn", act=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(x + self.ham_out(self.nmf(F.relu(self.ham_in(x)))))
@@ -331,10 +318,10 @@ class LightHamHead(nn.Module):
                  nmf_seed: int | None = 0, dropout: float = 0.1, in_index: tuple[int, ...] = (1, 2, 3)):
         super().__init__()
         self.in_index = tuple(in_index)
-        self.squeeze = ConvGNAct(sum(in_channels[i] for i in self.in_index), ham_channels)
+        self.squeeze = ConvNormAct(sum(in_channels[i] for i in self.in_index), ham_channels, norm="gn")
         nmf = NMF2D(nmf_rank, train_steps=nmf_train_steps, eval_steps=nmf_eval_steps, seed=nmf_seed)
         self.hamburger = Hamburger(ham_channels, nmf)
-        self.align = ConvGNAct(ham_channels, channels)
+        self.align = ConvNormAct(ham_channels, channels, norm="gn")
         self.dropout = nn.Dropout2d(dropout)
         # Named like SegFormer's classifier (official/mmseg: conv_seg), so that segedu.weights finds
         # the number of classes of a checkpoint in the same place for every family.

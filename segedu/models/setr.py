@@ -42,7 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from ..layers import DropPath, Mlp, MultiHeadSelfAttention, drop_path_rates, init_vit_style
+from ..layers import ConvNormAct, DropPath, Mlp, MultiHeadSelfAttention, drop_path_rates, init_vit_style
 from ..registry import ModelSpec, get_spec, register_model
 from .base import SegmentationModel
 
@@ -165,12 +165,6 @@ class VisionTransformer(nn.Module):
 # 2. Naive and PUP decoders
 # ----------------------------------------------------------------------------------------------
 
-def conv_bn_relu(in_ch: int, out_ch: int, kernel_size: int, bias: bool = False) -> nn.Sequential:
-    """Conv (same padding) -> BatchNorm -> ReLU; keys ``.0`` (conv) and ``.1`` (BN) as in the official code."""
-    return nn.Sequential(nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2, bias=bias),
-                         nn.BatchNorm2d(out_ch), nn.ReLU())
-
-
 class UpHead(nn.Module):
     """LN -> ``num_convs`` x [conv k x k + BN + ReLU] with x``up_scale`` between them -> 1x1 conv to K -> x``up_scale``.
 
@@ -198,7 +192,7 @@ class UpHead(nn.Module):
         self.up_scale = up_scale
         self.norm = nn.LayerNorm(in_dim, eps=1e-6)
         self.convs = nn.ModuleList(
-            conv_bn_relu(in_dim if i == 0 else channels, channels, kernel_size, bias=conv_bias) for i in range(num_convs)
+            ConvNormAct(in_dim if i == 0 else channels, channels, kernel_size, bias=conv_bias) for i in range(num_convs)
         )
         self.linear_pred = nn.Conv2d(channels, num_classes, 1)
 
@@ -235,8 +229,8 @@ class MLANeck(nn.Module):
     def __init__(self, in_dim: int, channels: int = 256, num_levels: int = 4):
         super().__init__()
         self.norms = nn.ModuleList(nn.LayerNorm(in_dim, eps=1e-6) for _ in range(num_levels))
-        self.proj = nn.ModuleList(conv_bn_relu(in_dim, channels, 1) for _ in range(num_levels))
-        self.fuse = nn.ModuleList(conv_bn_relu(channels, channels, 3) for _ in range(num_levels))
+        self.proj = nn.ModuleList(ConvNormAct(in_dim, channels, 1) for _ in range(num_levels))
+        self.fuse = nn.ModuleList(ConvNormAct(channels, channels, 3) for _ in range(num_levels))
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         c = [proj(_layer_norm_2d(norm, f)) for f, norm, proj in zip(features, self.norms, self.proj)]
@@ -259,7 +253,7 @@ class MLAHead(nn.Module):
         super().__init__()
         self.align_corners = align_corners
         self.streams = nn.ModuleList(
-            nn.Sequential(*conv_bn_relu(channels, head_channels, 3), *conv_bn_relu(head_channels, head_channels, 3))
+            nn.Sequential(ConvNormAct(channels, head_channels, 3), ConvNormAct(head_channels, head_channels, 3))
             for _ in range(num_levels)
         )
         self.linear_pred = nn.Conv2d(num_levels * head_channels, num_classes, classifier_kernel,

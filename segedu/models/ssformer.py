@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from ..layers import DropPath, Mlp, MultiHeadSelfAttention, drop_path_rates, init_vit_style
+from ..layers import ConvNormAct, DropPath, Mlp, MultiHeadSelfAttention, drop_path_rates, init_vit_style
 from ..registry import ModelSpec, register_model
 from .base import SegmentationModel
 
@@ -287,18 +287,6 @@ class SwinTransformer(nn.Module):
 # ----------------------------------------------------------------------------------------------------
 
 
-class ConvBNReLU(nn.Module):
-    """1x1 conv without bias + BatchNorm + ReLU (mmseg's ``ConvModule`` with ``norm_cfg=BN``)."""
-
-    def __init__(self, in_channels: int, out_channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
-        self.bn = nn.BatchNorm2d(out_channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.bn(self.conv(x)))
-
-
 class SSformerHead(nn.Module):
     """The all-MLP decoder of SegFormer (its Eq. 4) as mmseg builds it; SSformer uses it unchanged.
 
@@ -312,8 +300,8 @@ class SSformerHead(nn.Module):
 
     def __init__(self, in_channels: tuple[int, ...], channels: int, num_classes: int, dropout: float = 0.1):
         super().__init__()
-        self.linear_c = nn.ModuleList(ConvBNReLU(c, channels) for c in in_channels)
-        self.linear_fuse = ConvBNReLU(len(in_channels) * channels, channels)
+        self.linear_c = nn.ModuleList(ConvNormAct(c, channels) for c in in_channels)
+        self.linear_fuse = ConvNormAct(len(in_channels) * channels, channels)
         self.dropout = nn.Dropout2d(dropout)
         self.linear_pred = nn.Conv2d(channels, num_classes, 1)
         # mmseg init: convs kaiming-normal (fan_out, ReLU), BN 1 / 0, classifier normal(0, 0.01).

@@ -4,10 +4,10 @@ segedu layout::
 
     encoder.{patch_embed, cls_token, pos_embed}
     encoder.blocks.{i}.{norm1, attn.{qkv,proj}, norm2, mlp.{fc1,fc2}}
-    Naive / PUP:  decoder.{norm, convs.{j}.{0: conv, 1: BN}, linear_pred}
-                  aux_heads.{k}.{norm, convs.{j}.{0,1}, linear_pred}
-    MLA:          decoder.neck.{norms.{s}, proj.{s}.{0,1}, fuse.{s}.{0,1}}
-                  decoder.head.{streams.{s}.{0,1,3,4}, linear_pred}
+    Naive / PUP:  decoder.{norm, convs.{j}.{conv, norm}, linear_pred}
+                  aux_heads.{k}.{norm, convs.{j}.{conv, norm}, linear_pred}
+    MLA:          decoder.neck.{norms.{s}, proj.{s}.{conv, norm}, fuse.{s}.{conv, norm}}
+                  decoder.head.{streams.{s}.{0, 1}.{conv, norm}, linear_pred}
                   aux_heads.{s}.linear_pred
     (s = MLA stream in tap order Z6, Z12, Z18, Z24)
 
@@ -81,23 +81,29 @@ def from_timm(state_dict: Mapping[str, torch.Tensor], grid: tuple[int, int] = DE
 
 # ---- official SETR ---------------------------------------------------------------------------
 
+_CONV_NORM = ("conv", "norm")  # positions 0, 1 of an official nn.Sequential(conv, BN, ReLU)
+
 _OFFICIAL_RULES = [(rf"backbone\.{p}", r) for p, r in _TIMM_RULES] + [
     # MLA: the per-tap LNs and the neck live in the official backbone; mla_p2..mla_p5 = streams 0..3.
     (r"backbone\.norm_(\d)\.(\w+)", r"decoder.neck.norms.\1.\2"),
-    (r"backbone\.mla\.mla_p(\d)_1x1\.([01])\.(\w+)", lambda m: f"decoder.neck.proj.{int(m[1]) - 2}.{m[2]}.{m[3]}"),
-    (r"backbone\.mla\.mla_p(\d)\.([01])\.(\w+)", lambda m: f"decoder.neck.fuse.{int(m[1]) - 2}.{m[2]}.{m[3]}"),
+    # nn.Sequential(conv, BN, ReLU) per tap: index 0 is our .conv, 1 our .norm.
+    (r"backbone\.mla\.mla_p(\d)_1x1\.([01])\.(\w+)",
+     lambda m: f"decoder.neck.proj.{int(m[1]) - 2}.{_CONV_NORM[int(m[2])]}.{m[3]}"),
+    (r"backbone\.mla\.mla_p(\d)\.([01])\.(\w+)",
+     lambda m: f"decoder.neck.fuse.{int(m[1]) - 2}.{_CONV_NORM[int(m[2])]}.{m[3]}"),
+    # head{n} = Sequential(conv, BN, ReLU, conv, BN, ReLU): 0, 1 -> block 0; 3, 4 -> block 1.
     (r"decode_head\.mlahead\.head(\d)\.([0134])\.(\w+)",
-     lambda m: f"decoder.head.streams.{int(m[1]) - 2}.{m[2]}.{m[3]}"),
+     lambda m: f"decoder.head.streams.{int(m[1]) - 2}.{int(m[2]) // 3}.{_CONV_NORM[int(m[2]) % 3]}.{m[3]}"),
     (r"decode_head\.cls\.(\w+)", r"decoder.head.linear_pred.\1"),
     (r"auxiliary_head\.(\d+)\.aux\.(\w+)", r"aux_heads.\1.linear_pred.\2"),
     # Naive / PUP (VisionTransformerUpHead): conv_{j} + syncbn_fc_{j}; the classifier was renamed below.
     (r"decode_head\.norm\.(\w+)", r"decoder.norm.\1"),
-    (r"decode_head\.conv_(\d)\.(\w+)", r"decoder.convs.\1.0.\2"),
-    (r"decode_head\.syncbn_fc_(\d)\.(\w+)", r"decoder.convs.\1.1.\2"),
+    (r"decode_head\.conv_(\d)\.(\w+)", r"decoder.convs.\1.conv.\2"),
+    (r"decode_head\.syncbn_fc_(\d)\.(\w+)", r"decoder.convs.\1.norm.\2"),
     (r"decode_head\.linear_pred\.(\w+)", r"decoder.linear_pred.\1"),
     (r"auxiliary_head\.(\d+)\.norm\.(\w+)", r"aux_heads.\1.norm.\2"),
-    (r"auxiliary_head\.(\d+)\.conv_(\d)\.(\w+)", r"aux_heads.\1.convs.\2.0.\3"),
-    (r"auxiliary_head\.(\d+)\.syncbn_fc_(\d)\.(\w+)", r"aux_heads.\1.convs.\2.1.\3"),
+    (r"auxiliary_head\.(\d+)\.conv_(\d)\.(\w+)", r"aux_heads.\1.convs.\2.conv.\3"),
+    (r"auxiliary_head\.(\d+)\.syncbn_fc_(\d)\.(\w+)", r"aux_heads.\1.convs.\2.norm.\3"),
     (r"auxiliary_head\.(\d+)\.linear_pred\.(\w+)", r"aux_heads.\1.linear_pred.\2"),
 ]
 
@@ -141,12 +147,12 @@ _MMSEG_VIT_RULES = [
 
 _MMSEG_UP_RULES = [  # SETRUPHead: norm, up_convs.{j} = [ConvModule(conv, bn), Upsample], conv_seg
     (r"decode_head\.norm\.(\w+)", r"decoder.norm.\1"),
-    (r"decode_head\.up_convs\.(\d+)\.0\.conv\.(\w+)", r"decoder.convs.\1.0.\2"),
-    (r"decode_head\.up_convs\.(\d+)\.0\.bn\.(\w+)", r"decoder.convs.\1.1.\2"),
+    (r"decode_head\.up_convs\.(\d+)\.0\.conv\.(\w+)", r"decoder.convs.\1.conv.\2"),
+    (r"decode_head\.up_convs\.(\d+)\.0\.bn\.(\w+)", r"decoder.convs.\1.norm.\2"),
     (r"decode_head\.conv_seg\.(\w+)", r"decoder.linear_pred.\1"),
     (r"auxiliary_head\.(\d+)\.norm\.(\w+)", r"aux_heads.\1.norm.\2"),
-    (r"auxiliary_head\.(\d+)\.up_convs\.(\d+)\.0\.conv\.(\w+)", r"aux_heads.\1.convs.\2.0.\3"),
-    (r"auxiliary_head\.(\d+)\.up_convs\.(\d+)\.0\.bn\.(\w+)", r"aux_heads.\1.convs.\2.1.\3"),
+    (r"auxiliary_head\.(\d+)\.up_convs\.(\d+)\.0\.conv\.(\w+)", r"aux_heads.\1.convs.\2.conv.\3"),
+    (r"auxiliary_head\.(\d+)\.up_convs\.(\d+)\.0\.bn\.(\w+)", r"aux_heads.\1.convs.\2.norm.\3"),
     (r"auxiliary_head\.(\d+)\.conv_seg\.(\w+)", r"aux_heads.\1.linear_pred.\2"),
 ]
 
@@ -156,14 +162,14 @@ def _mmseg_mla_rules(n: int) -> list:
     flip = lambda j: n - 1 - int(j)  # noqa: E731
     return [
         (r"neck\.norm\.(\d+)\.(\w+)", r"decoder.neck.norms.\1.\2"),
-        (r"neck\.mla\.channel_proj\.(\d+)\.conv\.(\w+)", r"decoder.neck.proj.\1.0.\2"),
-        (r"neck\.mla\.channel_proj\.(\d+)\.bn\.(\w+)", r"decoder.neck.proj.\1.1.\2"),
-        (r"neck\.mla\.feat_extract\.(\d+)\.conv\.(\w+)", lambda m: f"decoder.neck.fuse.{flip(m[1])}.0.{m[2]}"),
-        (r"neck\.mla\.feat_extract\.(\d+)\.bn\.(\w+)", lambda m: f"decoder.neck.fuse.{flip(m[1])}.1.{m[2]}"),
+        (r"neck\.mla\.channel_proj\.(\d+)\.conv\.(\w+)", r"decoder.neck.proj.\1.conv.\2"),
+        (r"neck\.mla\.channel_proj\.(\d+)\.bn\.(\w+)", r"decoder.neck.proj.\1.norm.\2"),
+        (r"neck\.mla\.feat_extract\.(\d+)\.conv\.(\w+)", lambda m: f"decoder.neck.fuse.{flip(m[1])}.conv.{m[2]}"),
+        (r"neck\.mla\.feat_extract\.(\d+)\.bn\.(\w+)", lambda m: f"decoder.neck.fuse.{flip(m[1])}.norm.{m[2]}"),
         (r"decode_head\.up_convs\.(\d+)\.([01])\.conv\.(\w+)",
-         lambda m: f"decoder.head.streams.{flip(m[1])}.{3 * int(m[2])}.{m[3]}"),
+         lambda m: f"decoder.head.streams.{flip(m[1])}.{m[2]}.conv.{m[3]}"),
         (r"decode_head\.up_convs\.(\d+)\.([01])\.bn\.(\w+)",
-         lambda m: f"decoder.head.streams.{flip(m[1])}.{3 * int(m[2]) + 1}.{m[3]}"),
+         lambda m: f"decoder.head.streams.{flip(m[1])}.{m[2]}.norm.{m[3]}"),
         (r"decode_head\.conv_seg\.(\w+)", r"decoder.head.linear_pred.\1"),
         (r"auxiliary_head\.(\d+)\.conv_seg\.(\w+)", lambda m: f"aux_heads.{flip(m[1])}.linear_pred.{m[2]}"),
     ]

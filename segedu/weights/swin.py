@@ -6,7 +6,7 @@ segedu layout (``segedu/models/ssformer.py``)::
     encoder.stages.{i}.blocks.{j}.{norm1, attn.{qkv, proj, relative_position_bias_table}, norm2, mlp.{fc1,fc2}}
     encoder.stages.{i}.downsample.{norm,reduction}          (i = 0, 1, 2: merging at the END of stage i)
     encoder.norm{i}                                         (the per-output LayerNorms, i = 0..3)
-    decoder.linear_c.{i}.{conv,bn}, decoder.linear_fuse.{conv,bn}, decoder.linear_pred
+    decoder.linear_c.{i}.{conv,norm}, decoder.linear_fuse.{conv,norm}, decoder.linear_pred
 
 Sources (all drop the ``relative_position_index`` / ``attn_mask`` buffers, which segedu recomputes):
 
@@ -115,8 +115,10 @@ _MMSEG_RULES = [
     (_MMSEG_BLOCK + r"\.ffn\.layers\.1\.(\w+)", _OURS_BLOCK + r".mlp.fc2.\3"),
     (r"(?:backbone\.)?stages\.(\d+)\.downsample\.(reduction|norm)\.(\w+)", r"encoder.stages.\1.downsample.\2.\3"),
     (r"(?:backbone\.)?norm(\d)\.(\w+)", r"encoder.norm\1.\2"),
-    (r"decode_head\.convs\.(\d)\.(conv|bn)\.(\w+)", r"decoder.linear_c.\1.\2.\3"),
-    (r"decode_head\.fusion_conv\.(conv|bn)\.(\w+)", r"decoder.linear_fuse.\1.\2"),
+    (r"decode_head\.convs\.(\d)\.conv\.(\w+)", r"decoder.linear_c.\1.conv.\2"),
+    (r"decode_head\.convs\.(\d)\.bn\.(\w+)", r"decoder.linear_c.\1.norm.\2"),
+    (r"decode_head\.fusion_conv\.conv\.(\w+)", r"decoder.linear_fuse.conv.\1"),
+    (r"decode_head\.fusion_conv\.bn\.(\w+)", r"decoder.linear_fuse.norm.\1"),
     (r"decode_head\.conv_seg\.(\w+)", r"decoder.linear_pred.\1"),
 ]
 
