@@ -1,4 +1,5 @@
-"""Data: ADE20K conventions and loader, a synthetic ADE20K-style set, the mmseg pipeline."""
+"""Data: ADE20K conventions and loaders (folder, parquet, save_to_disk, hub), a synthetic
+ADE20K-style set, the mmseg pipeline. ``open_dataset(spec, split)`` resolves a ``--data`` argument."""
 
 from .ade20k import (
     ADE20K_CLASSES,
@@ -7,8 +8,10 @@ from .ade20k import (
     SegmentationFolder,
     audit_labels,
     label_histogram,
+    read_classes,
     reduce_zero_label,
 )
+from .hub import HubSegmentation, open_dataset
 from .synthetic import SYNTHETIC_CLASSES, ensure_synthetic, generate, render_scene
 from .transforms import (
     IMAGENET_MEAN,
@@ -27,6 +30,7 @@ __all__ = [
     "IGNORE_INDEX",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "HubSegmentation",
     "PhotoMetricDistortion",
     "RandomCropCatMax",
     "RandomResize",
@@ -37,6 +41,8 @@ __all__ = [
     "ensure_synthetic",
     "generate",
     "label_histogram",
+    "open_dataset",
+    "read_classes",
     "reduce_zero_label",
     "render_scene",
     "test_transforms",

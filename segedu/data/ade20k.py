@@ -23,6 +23,8 @@ from torchvision.io import ImageReadMode, decode_image
 
 IGNORE_INDEX = 255
 SPLITS = ("training", "validation")
+# Other spellings of the two split names (Hugging Face datasets say "train").
+SPLIT_ALIASES = {"train": "training", "training": "training", "val": "validation", "validation": "validation"}
 IMAGE_SUFFIX = ".jpg"
 ANNOTATION_SUFFIX = ".png"
 
@@ -140,23 +142,65 @@ def audit_labels(
         )
 
 
+def read_classes(path: str | Path) -> tuple[str, ...]:
+    """Class names of a custom dataset from a text file, one name per line (blank lines skipped).
+
+    Line k names class index k, i.e. label value k after ``reduce_zero_label`` (value k + 1 in the PNG)
+    or label value k without it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"class list {path} does not exist (expected one class name per line)")
+    names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+    if not names:
+        raise ValueError(f"class list {path} is empty")
+    return names
+
+
+def resolve_classes(num_classes: int, classes: Sequence[str] | None) -> tuple[str, ...]:
+    """The class names of a dataset: ``classes`` if given (it then fixes the class count),
+    the ADE20K names for 150 classes, else ``class_0 ... class_{K-1}``."""
+    if classes is not None:
+        return tuple(classes)
+    if num_classes == len(ADE20K_CLASSES):
+        return ADE20K_CLASSES
+    return tuple(f"class_{k}" for k in range(num_classes))
+
+
+def prepare_mask(raw: Tensor, num_classes: int, reduce: bool, where: str) -> Tensor:
+    """A decoded label PNG ``[1, H, W]`` uint8 -> audited int64 ``[H, W]`` class indices.
+
+    Applies :func:`reduce_zero_label` when ``reduce`` and checks the values with
+    :func:`audit_labels`; ``where`` (a file or sample name) goes into every error message.
+    """
+    if raw.shape[0] != 1:
+        raise ValueError(f"{where}: expected a single-channel label PNG, got {raw.shape[0]} channels")
+    mask = raw[0]  # [H, W]
+    if reduce:
+        mask = reduce_zero_label(mask)
+    mask = mask.to(torch.int64)
+    audit_labels(mask, num_classes, where=where)
+    return mask
+
+
 def label_histogram(
     dataset_or_masks: Dataset | Iterable[Tensor], num_classes: int, ignore_index: int = IGNORE_INDEX
 ) -> Tensor:
     """Count the pixels of every label value over a dataset or masks.
 
     Accepts a dataset of ``(image, mask)`` pairs, an iterable of masks, or
-    a :class:`SegmentationFolder` (then only the label PNGs are decoded, and
-    masks are counted before any transforms). Returns an int64 tensor ``hist`` indexed by value, at least
+    a dataset with a ``load_mask(i)`` method (:class:`SegmentationFolder`,
+    :class:`segedu.data.hub.HubSegmentation`: then only the label PNGs are
+    decoded, and masks are counted before any transforms). Returns an int64 tensor ``hist`` indexed by value, at least
     ``max(num_classes, ignore_index + 1)`` long: ``hist[:num_classes]`` are
     the class pixels, ``hist[ignore_index]`` the ignored ones, and any other
     non-zero entry is an invalid value.
     """
     hist = torch.zeros(max(num_classes, ignore_index + 1), dtype=torch.int64)
     items: Iterable = dataset_or_masks
-    if isinstance(dataset_or_masks, SegmentationFolder):
-        folder = dataset_or_masks
-        items = (folder.load_mask(i) for i in range(len(folder)))
+    if hasattr(dataset_or_masks, "load_mask"):
+        dataset = dataset_or_masks
+        items = (dataset.load_mask(i) for i in range(len(dataset)))
     for item in items:
         mask = item[1] if isinstance(item, (tuple, list)) else item
         counts = torch.bincount(mask.flatten().to(torch.int64), minlength=hist.numel())
@@ -193,11 +237,7 @@ class SegmentationFolder(Dataset):
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        if classes is None and num_classes == len(ADE20K_CLASSES):
-            classes = ADE20K_CLASSES
-        elif classes is None:
-            classes = tuple(f"class_{k}" for k in range(num_classes))
-        self.classes = tuple(classes)  # given classes override num_classes
+        self.classes = resolve_classes(num_classes, classes)  # given classes override num_classes
         self.num_classes = len(self.classes)
         self.root = Path(root)
         self.split = split
@@ -228,18 +268,11 @@ class SegmentationFolder(Dataset):
     def load_mask(self, index: int) -> Tensor:
         """The audited int64 [H, W] label map of item ``index`` (no image decoding)."""
         path = self.annotations[index]
-        mask = _decode(path, ImageReadMode.UNCHANGED)  # [C, H, W] uint8
-        if mask.shape[0] != 1:
-            raise ValueError(f"{path}: expected a single-channel label PNG, got {mask.shape[0]} channels")
-        mask = mask[0]  # [H, W]
-        if self.reduce_zero_label:
-            mask = reduce_zero_label(mask)
-        mask = mask.to(torch.int64)
-        audit_labels(mask, self.num_classes, where=str(path))
-        return mask
+        raw = decode(path, ImageReadMode.UNCHANGED)  # [C, H, W] uint8
+        return prepare_mask(raw, self.num_classes, self.reduce_zero_label, str(path))
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        image = _decode(self.images[index], ImageReadMode.RGB)  # [3, H, W] uint8
+        image = decode(self.images[index], ImageReadMode.RGB)  # [3, H, W] uint8
         mask = self.load_mask(index)
         if mask.shape != image.shape[1:]:
             raise ValueError(
@@ -266,10 +299,17 @@ def quiet_codec_warnings() -> Iterator[None]:
         yield
 
 
-def _decode(path: Path, mode: ImageReadMode) -> Tensor:
-    """Decode an image file, naming the file if it is unreadable or corrupt."""
+def decode(source: str | Path | bytes, mode: ImageReadMode, where: str | None = None) -> Tensor:
+    """Decode an image file (or its encoded bytes) to uint8 ``[C, H, W]`` with torchvision.
+
+    A missing, unreadable or corrupt image raises an error naming ``where`` (default: the path).
+    """
+    where = where or str(source)
+    if isinstance(source, (str, Path)) and not Path(source).is_file():
+        raise FileNotFoundError(f"image {where} does not exist")
+    data = torch.frombuffer(bytearray(source), dtype=torch.uint8) if isinstance(source, bytes) else str(source)
     try:
         with quiet_codec_warnings():
-            return decode_image(str(path), mode=mode)
+            return decode_image(data, mode=mode)
     except (RuntimeError, ValueError, OSError) as err:
-        raise RuntimeError(f"could not decode {path}: {err}") from err
+        raise RuntimeError(f"could not decode {where}: {err}") from err
