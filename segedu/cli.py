@@ -1,4 +1,4 @@
-"""``segedu`` command line: ``train``, ``eval``, ``zoo``, ``data``."""
+"""``segedu`` command line: ``train``, ``eval``, ``zoo``, ``data``, ``bench``."""
 from __future__ import annotations
 
 import argparse
@@ -27,6 +27,33 @@ def _cmd_train(args) -> None:
 def _cmd_eval(args) -> None:
     from .report import evaluate_checkpoint
     evaluate_checkpoint(args.checkpoint, args.data, device=args.device)
+
+
+def _cmd_bench(args) -> None:
+    import json
+    import shlex
+
+    from .bench import bench_loader, bench_model, format_loader, format_model, machine_info
+    if not args.model and not args.data_loader:
+        raise ValueError("nothing to measure: give --model NAME, --data, or both")
+    out = {"command": shlex.join(sys.argv),  # the process's command line
+           "arguments": {k: v for k, v in vars(args).items() if k != "func"}, "machine": machine_info()}
+    if args.data_loader:
+        out["loader"] = bench_loader(args.data_root, images=args.data_images, crop=args.data_crop,
+                                     workers=args.workers)
+        print(format_loader(out["loader"]))
+    if args.model:
+        # Data in the projection: the measured per-worker rate times --workers (workers run in parallel).
+        loader_rate = (out["loader"]["samples_per_s_per_worker"] * args.workers
+                       if args.data_loader and args.workers else None)
+        out["model"] = bench_model(args.model, args.device, args.batch, args.size, args.infer_batches, args.steps,
+                                   args.warmup, args.amp, args.compile, args.channels_last, not args.no_hf,
+                                   args.peak_tflops, loader_rate)
+        print(format_model(out["model"]))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+        print(f"wrote {args.json}")
 
 
 def _cmd_zoo(args) -> None:
@@ -67,6 +94,30 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--pattern", default="*")
     z.add_argument("--latency", action="store_true", help="also time one CPU forward pass")
     z.set_defaults(func=_cmd_zoo)
+
+    b = sub.add_parser("bench", help="training/inference speed, memory and MFU vs transformers; data-loader rate")
+    b.add_argument("--model", help="registered model to time (e.g. segformer-b0)")
+    b.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    b.add_argument("--batch", type=int, help="training batch (default: 16 on a GPU, 2 on the CPU)")
+    b.add_argument("--size", type=int, help="square input size (default: the model's crop on a GPU, 128 on the CPU)")
+    b.add_argument("--infer-batches", type=int, nargs="+", help="inference batches (default: 1 16; CPU 1 2)")
+    b.add_argument("--steps", type=int, help="timed steps (default: 20 on a GPU, 3 on the CPU)")
+    b.add_argument("--warmup", type=int, help="untimed steps first (default: 5 on a GPU, 1 on the CPU)")
+    b.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast (default: on for cuda)")
+    b.add_argument("--compile", action="store_true", help="torch.compile the segedu side (transformers stays eager)")
+    b.add_argument("--channels-last", action="store_true", help="NHWC memory format, both sides")
+    b.add_argument("--no-hf", action="store_true", help="skip the transformers comparison")
+    b.add_argument("--peak-tflops", type=float, help="peak FLOP/s for MFU (default: from the GPU's name)")
+    b.add_argument("--data", dest="data_loader", action="store_true",
+                   help="also measure the training data pipeline (samples/s per DataLoader worker)")
+    b.add_argument("--data-root", help="ADE20K-layout folder for --data (default: synthetic 512x683 scenes)")
+    b.add_argument("--data-images", type=int, default=64, help="synthetic images for --data")
+    b.add_argument("--data-crop", type=int, default=512)
+    b.add_argument("--workers", type=int, default=0,
+                   help="time a real DataLoader with this many workers; the projection then includes data")
+    b.add_argument("--json", help="write every figure, the command, machine and versions to this file")
+    b.set_defaults(func=_cmd_bench)
     return p
 
 

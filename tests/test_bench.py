@@ -1,0 +1,151 @@
+"""``segedu bench``: every figure is produced, the transformers side is the same model, FLOPs are counted right.
+
+Timings themselves are not asserted (they depend on the machine); what they are made of is.
+"""
+import json
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+import segedu
+from segedu.bench import (
+    bench_loader,
+    bench_model,
+    count_flops,
+    format_loader,
+    format_model,
+    hf_segformer,
+    peak_tflops,
+    project_run,
+)
+from segedu.cli import main as cli_main
+
+TINY = dict(device="cpu", batch=1, size=64, infer_batches=(1,), steps=1, warmup=0, peak=1.0)
+
+
+def _check_implementation(result: dict, batch: int, infer_batches=("1",)) -> None:
+    train = result["train"]
+    assert train["batch"] == batch and train["clock"] == "process CPU time"
+    assert train["ms"] > 0 and train["wall_ms"] > 0
+    assert train["images_per_s"] == pytest.approx(batch / (train["ms"] * 1e-3))
+    assert train["peak_memory_gb"] is None  # only CUDA reports it
+    # MFU comes from the counted FLOPs, the step time and the peak (1 TFLOP/s here).
+    assert train["flops"] > 0
+    assert train["mfu"] == pytest.approx(train["flops"] / (train["ms"] * 1e-3) / 1e12)
+    assert set(result["inference"]) == set(infer_batches)
+    for b, inf in result["inference"].items():
+        assert inf["images_per_s"] == pytest.approx(int(b) / (inf["ms"] * 1e-3))
+        assert inf["mfu"] == pytest.approx(inf["flops"] / (inf["ms"] * 1e-3) / 1e12)
+    # Training is forward + backward: about 3x the forward FLOPs (the input conv needs no input gradient).
+    forward = result["inference"]["1"]["flops"] * batch
+    assert 2.5 < train["flops"] / forward < 3.0
+
+
+def test_bench_segformer_b0_against_transformers():
+    report = bench_model("segformer-b0", **TINY)
+    assert [r["implementation"] for r in report["results"]] == ["segedu", "transformers"]
+    ours, hf = report["results"]
+    assert ours["params"] == hf["params"] == 3_752_694  # architectures.md section 6
+    assert hf["class"].endswith("SegformerForSemanticSegmentation")
+    for r in report["results"]:
+        _check_implementation(r, batch=1)
+    # Same architecture, same input: the counted work is the same on both sides.
+    assert ours["train"]["flops"] == hf["train"]["flops"]
+    assert ours["inference"]["1"]["flops"] == hf["inference"]["1"]["flops"]
+    sp = report["speedup_vs_transformers"]
+    assert sp["train_step"] == pytest.approx(hf["train"]["ms"] / ours["train"]["ms"])
+    assert sp["inference_b1"] == pytest.approx(hf["inference"]["1"]["ms"] / ours["inference"]["1"]["ms"])
+    assert report["transformers_note"] is None
+    assert report["settings"] == {"batch": 1, "size": 64, "infer_batches": [1], "steps": 1, "warmup": 0,
+                                  "bf16_autocast": False, "compile": False, "channels_last": False,
+                                  "clock": "process CPU time", "threads": torch.get_num_threads()}
+    assert "targets" not in report  # the targets are for an H100 at batch 16, 512x512
+    p = report["projection_160k"]
+    assert p["train_minutes"] == pytest.approx(160_000 * ours["train"]["ms"] / 6e4)
+    assert not p["includes_data"]
+    table = format_model(report)
+    assert "| segedu |" in table and "| transformers |" in table and "speed-up" in table
+
+
+def test_hf_segformer_matches_registry_config_for_every_variant():
+    for variant in ("b1", "b2"):
+        with torch.device("meta"):
+            ours = segedu.build_model(f"segformer-{variant}")
+            hf = hf_segformer(f"segformer-{variant}")
+        assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in hf.parameters())
+
+
+def test_bench_other_family_without_transformers_counterpart():
+    report = bench_model("segnext-t", **TINY)
+    assert [r["implementation"] for r in report["results"]] == ["segedu"]
+    assert report["results"][0]["params"] == 4_263_414
+    _check_implementation(report["results"][0], batch=1)
+    assert report["speedup_vs_transformers"] is None
+    assert report["transformers_note"] == "transformers has no segnext model"
+    assert "no transformers comparison" in format_model(report)
+
+
+def test_bench_swin_encoder_against_transformers_swin_model():
+    # SwinModel fails on maps smaller than its window, so the input is at least 7 x 32 = 224.
+    assert bench_model("ssformer-swin-t", **TINY)["transformers_note"].startswith("transformers SwinModel needs")
+    report = bench_model("ssformer-swin-t", **{**TINY, "size": 224})
+    names = [r["implementation"] for r in report["results"]]
+    assert names == ["segedu", "segedu encoder", "transformers SwinModel"]
+    full, encoder, hf = report["results"]
+    # Same Swin-T; segedu keeps an output LayerNorm per stage, SwinModel one final LayerNorm.
+    assert encoder["params"] - hf["params"] == 2 * (96 + 192 + 384 + 768) - 2 * 768
+    assert full["params"] > encoder["params"]
+    assert report["speedup_vs_transformers"]["compared"] == "segedu encoder vs transformers SwinModel"
+
+
+def test_conv_backward_flops_respect_groups():
+    # A 3x3 depth-wise conv: forward + both gradients = 3x the forward (torch's formula gives 66x here).
+    conv = nn.Conv2d(64, 64, 3, padding=1, groups=64)
+    x = torch.randn(2, 64, 16, 16, requires_grad=True)
+    forward = count_flops(lambda: conv(x))
+    assert forward == 2 * 2 * 64 * 9 * 16 * 16
+    assert count_flops(lambda: conv(x).sum().backward()) == 3 * forward
+
+
+def test_peak_tflops_table(monkeypatch):
+    assert peak_tflops(torch.device("cpu")) is None
+    for name, peak in [("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA H100 PCIe", 756.0), ("NVIDIA H200", 989.0),
+                       ("NVIDIA A100-SXM4-80GB", 312.0), ("Tesla T4", None)]:
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, n=name: n)
+        assert peak_tflops(torch.device("cuda")) == peak
+
+
+def test_projection_takes_the_slower_of_compute_and_data():
+    compute_only = project_run(step_ms=10.0, batch=16, inference_images_per_s=1000.0)
+    assert compute_only["train_minutes"] == pytest.approx(160_000 * 0.010 / 60)
+    assert compute_only["eval_minutes"] == pytest.approx(10 * 2000 / 1000 / 60)
+    data_bound = project_run(step_ms=10.0, batch=16, inference_images_per_s=1000.0, loader_images_per_s=800.0)
+    assert data_bound["data_ms_per_step"] == pytest.approx(20.0)
+    assert data_bound["train_minutes"] == pytest.approx(160_000 * 0.020 / 60)
+
+
+def test_loader_bench_returns_samples_per_second(tmp_path):
+    result = bench_loader(images=3, image_size=(48, 64), crop=32, workers=1, batch=1, target_images_per_s=100.0)
+    assert result["samples"] == 3 and result["image_size"] == [48, 64]
+    steps = result["cpu_ms_per_sample"]
+    assert list(steps)[:4] == ["decode", "RandomResize", "RandomCropCatMax", "RandomHorizontalFlip"]
+    assert all(v >= 0 for v in steps.values())
+    assert result["samples_per_s_per_worker"] == pytest.approx(1e3 / sum(steps.values()))
+    assert result["workers_needed"] == math.ceil(100.0 / result["samples_per_s_per_worker"])
+    assert result["dataloader"]["samples"] == 2  # the first batch is not timed
+    assert "samples/s per worker" in format_loader(result)
+
+
+def test_cli_bench_writes_json(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    rc = cli_main(["bench", "--model", "segformer-b0", "--device", "cpu", "--batch", "1", "--size", "64",
+                   "--infer-batches", "1", "--steps", "1", "--warmup", "0", "--no-hf", "--json", str(path)])
+    assert rc == 0
+    out = json.loads(path.read_text())
+    assert out["command"] and out["arguments"]["model"] == "segformer-b0"
+    assert out["machine"]["torch"] == torch.__version__
+    assert out["model"]["results"][0]["train"]["flops"] > 0
+    assert "| segedu |" in capsys.readouterr().out
+    assert cli_main(["bench"]) == 2  # nothing to measure
