@@ -3,7 +3,6 @@ import re
 
 import pytest
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 
 import segedu
@@ -194,3 +193,39 @@ def test_drop_path_schedule_and_init():
     assert model.encoder.stages[0].blocks[0].norm1.eps == 1e-6
     assert model.encoder.stages[0].patch_embed.norm.eps == 1e-5
     assert count_params(model.decoder.linear_fuse) == 4 * 768 * 768  # no bias
+
+
+def test_mmseg_mit_encoder_parity():
+    """mmsegmentation 1.2.2's MixVisionTransformer (B0 settings) with random weights, converted with
+    ``"mmseg"`` and loaded encoder-only, gives the same four feature maps at several sizes, odd ones included."""
+    import warnings
+
+    from mmseg_stub import import_mmseg
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # mmseg / mmengine deprecation chatter
+        MODELS = import_mmseg()
+        ref = MODELS.build(dict(type="MixVisionTransformer", in_channels=3, embed_dims=32, num_stages=4,
+                                num_layers=[2, 2, 2, 2], num_heads=[1, 2, 5, 8], patch_sizes=[7, 3, 3, 3],
+                                sr_ratios=[8, 4, 2, 1], out_indices=(0, 1, 2, 3), mlp_ratio=4, qkv_bias=True,
+                                drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0)).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # non-trivial norms and biases, so that a mis-mapped key shows
+        for p in ref.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * (0.2 if p.ndim == 1 else 1 / p[0].numel() ** 0.5))
+    checkpoint = {f"backbone.{k}": v for k, v in ref.state_dict().items()}
+    checkpoint["decode_head.conv_seg.weight"] = torch.zeros(150, 256, 1, 1)  # mmseg's head: not ours
+    model = segedu.build_model("segformer-b0").eval()
+    left = load_checkpoint(model, checkpoint, "mmseg", encoder_only=True)
+    assert left and all(k.startswith("decoder.") for k in left)
+    for m in model.encoder.modules():  # mmseg uses LayerNorm eps 1e-6 everywhere (architectures.md section 7)
+        if isinstance(m, torch.nn.LayerNorm):
+            m.eps = 1e-6
+    for batch, size in [(1, (64, 64)), (2, (97, 131))]:
+        x = torch.randn(batch, 3, *size, generator=gen)
+        with torch.no_grad():
+            expected, got = ref(x), model.encoder(x)
+        assert [g.shape for g in got] == [e.shape for e in expected]
+        for g, e in zip(got, expected):
+            torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
+    with pytest.raises(CheckpointMismatchError, match=r"unexpected keys \(1\): decode_head\.conv_seg\.weight"):
+        load_checkpoint(model, checkpoint, "mmseg")  # the full model: mmseg's head does not fit

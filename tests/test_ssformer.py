@@ -19,7 +19,6 @@ import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 
 import segedu
@@ -69,13 +68,18 @@ def _assert_features_close(got, expected):
 
 
 def _load_encoder(model, state_dict, source):
-    """Encoder-only load from an ImageNet-style checkpoint; the output norms are reported, not loaded."""
-    not_loaded = r"encoder\.norm0, encoder\.norm1, encoder\.norm2, encoder\.norm3 are NOT loaded"
-    with pytest.warns(UserWarning, match=not_loaded):
-        left = load_checkpoint(model, state_dict, source, encoder_only=True)
-    assert left and all(k.startswith("decoder.") for k in left)
+    """Encoder-only load from an ImageNet-style checkpoint: the output norms are named as not loaded."""
+    fresh = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("encoder.norm")}
+    left = load_checkpoint(model, state_dict, source, encoder_only=True)
+    norms = [f"encoder.norm{i}.{p}" for i in range(4) for p in ("bias", "weight")]
+    assert [k for k in left if k.startswith("encoder.")] == norms
+    assert all(k.startswith(("decoder.", "encoder.norm")) for k in left)
+    for k, v in fresh.items():  # they keep the model's own initialisation
+        torch.testing.assert_close(model.state_dict()[k], v, rtol=0, atol=0)
     for i in range(4):  # then give the output norms non-trivial values of our own
         _randomise(getattr(model.encoder, f"norm{i}"))
+    with pytest.raises(CheckpointMismatchError, match=r"missing keys"):
+        load_checkpoint(model, state_dict, source)  # a full load never skips anything silently
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -308,9 +312,8 @@ def test_transformers_backbone_parity_including_output_norms():
     ref = transformers.SwinBackbone(config).eval()
     _randomise(ref)
     model = _small_model()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # SwinBackbone has the output norms: nothing is filled in
-        load_checkpoint(model, ref.state_dict(), "transformers", encoder_only=True)
+    left = load_checkpoint(model, ref.state_dict(), "transformers", encoder_only=True)
+    assert not [k for k in left if k.startswith("encoder.")]  # SwinBackbone has the output norms
     for batch, size in [(2, (97, 131)), (1, (64, 64))]:
         x = torch.randn(batch, 3, *size)
         with torch.no_grad():

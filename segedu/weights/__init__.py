@@ -21,12 +21,19 @@ from ..registry import build_model, get_spec
 
 StateDict = dict[str, torch.Tensor]
 _CONVERTERS: dict[tuple[str, str], Callable[[Mapping[str, torch.Tensor]], StateDict]] = {}
+_MAY_BE_MISSING: dict[tuple[str, str], tuple[str, ...]] = {}
 
 
-def register_converter(family: str, source: str):
-    """Decorator: ``fn(state_dict) -> state_dict`` converting ``source`` checkpoints of ``family``."""
+def register_converter(family: str, source: str, may_be_missing: tuple[str, ...] = ()):
+    """Decorator: ``fn(state_dict) -> state_dict`` converting ``source`` checkpoints of ``family``.
+
+    ``may_be_missing``: regexes of segedu encoder keys that this source's checkpoints can lack because the
+    layer exists only in the segmentation form (e.g. Swin's per-output LayerNorms, absent from ImageNet
+    classifiers). An ``encoder_only`` load leaves them at their initialisation and names them.
+    """
     def deco(fn):
         _CONVERTERS[(family, source)] = fn
+        _MAY_BE_MISSING[(family, source)] = tuple(may_be_missing)
         return fn
     return deco
 
@@ -82,19 +89,27 @@ def _report(model_name: str, missing, unexpected, mis_shaped, limit: int = 12) -
 
 def load_checkpoint(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "segedu",
                     encoder_only: bool = False) -> list[str]:
-    """Convert ``state_dict`` from ``source`` and load it strictly into ``model``.
+    """Convert ``state_dict`` from ``source`` and load it strictly into ``model``; return what was not loaded.
 
     ``source="segedu"`` means the checkpoint already has segedu's keys. With ``encoder_only=True``
-    only ``model.encoder`` is loaded (e.g. ImageNet weights) and the returned list names the
-    segmentation-only parameters that keep their initialisation. Any mismatch raises
+    only ``model.encoder`` is loaded (e.g. ImageNet weights): the returned list names the parameters
+    that keep their initialisation, i.e. the decoder and the encoder keys the source's converter
+    declares ``may_be_missing`` (and that this checkpoint indeed lacks). Any other mismatch raises
     :class:`CheckpointMismatchError` naming the keys.
     """
     name = getattr(model, "name", type(model).__name__)
     sd = dict(state_dict) if source == "segedu" else convert(state_dict, source, name)
     target = model.state_dict()
+    not_loaded: list[str] = []
     if encoder_only:
         sd = {k: v for k, v in sd.items() if k.startswith("encoder.")}
+        not_loaded = [k for k in target if not k.startswith("encoder.")]
         target = {k: v for k, v in target.items() if k.startswith("encoder.")}
+        allowed = _MAY_BE_MISSING.get((get_spec(name).family, source), ()) if source != "segedu" else ()
+        for key in set(target) - set(sd):
+            if any(re.fullmatch(p, key) for p in allowed):
+                sd[key] = target[key]  # keeps the model's own initial value
+                not_loaded.append(key)
     missing = sorted(set(target) - set(sd))
     unexpected = sorted(set(sd) - set(target))
     mis_shaped = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(target[k].shape)}"
@@ -103,9 +118,9 @@ def load_checkpoint(model: torch.nn.Module, state_dict: Mapping[str, torch.Tenso
         raise CheckpointMismatchError(_report(name, missing, unexpected, mis_shaped))
     if encoder_only:
         model.encoder.load_state_dict({k[len("encoder."):]: v for k, v in sd.items()}, strict=True)
-        return sorted(k for k in model.state_dict() if not k.startswith("encoder."))
-    model.load_state_dict(sd, strict=True)
-    return []
+    else:
+        model.load_state_dict(sd, strict=True)
+    return sorted(not_loaded)
 
 
 def read_state_dict(path: str | Path) -> StateDict:

@@ -8,8 +8,9 @@ segedu layout (one stage = patch embedding, blocks, norm)::
     decoder.{linear_c.{i}, linear_fuse, bn, linear_pred}
 
 Sources: ``"official"`` (NVlabs/SegFormer, mmseg-0.x keys; also the ImageNet ``mit_b*.pth`` files,
-encoder only) and ``"transformers"`` (Hugging Face ``SegformerForSemanticSegmentation`` and, encoder
-only, ``SegformerForImageClassification`` / ``SegformerModel``). Stage and block indices: official
+encoder only), ``"transformers"`` (Hugging Face ``SegformerForSemanticSegmentation`` and, encoder
+only, ``SegformerForImageClassification`` / ``SegformerModel``) and ``"mmseg"`` (mmsegmentation 1.x
+``MixVisionTransformer``: the MiT encoder of its model-zoo checkpoints; load with ``encoder_only=True``). Stage and block indices: official
 counts stages from 1 (``patch_embed1``), HF and segedu from 0.
 """
 from __future__ import annotations
@@ -97,3 +98,43 @@ def from_transformers(state_dict):
         value_key = key.replace(".attn.key.", ".attn.value.")
         sd[key.replace(".attn.key.", ".attn.kv.")] = torch.cat([sd.pop(key), sd.pop(value_key)], dim=0)
     return sd
+
+
+# mmsegmentation 1.x MixVisionTransformer (its tools/model_converters/mit2mmseg.py, read backwards):
+# layers.{i}.0 = patch embedding, layers.{i}.1.{j} = blocks, layers.{i}.2 = the stage norm; attention is an
+# nn.MultiheadAttention (fused q, k, v rows); the Mix-FFN is three convs (1x1, depth-wise 3x3, 1x1).
+_MMSEG_RULES = [
+    (r"backbone\.layers\.(\d)\.0\.projection\.(\w+)", r"encoder.stages.\1.patch_embed.proj.\2"),
+    (r"backbone\.layers\.(\d)\.0\.norm\.(\w+)", r"encoder.stages.\1.patch_embed.norm.\2"),
+    (r"backbone\.layers\.(\d)\.1\.(\d+)\.(norm1|norm2|attn\.sr|attn\.norm)\.(\w+)", r"encoder.stages.\1.blocks.\2.\3.\4"),
+    (r"backbone\.layers\.(\d)\.1\.(\d+)\.attn\.attn\.in_proj_(weight|bias)", r"encoder.stages.\1.blocks.\2.attn.in_proj.\3"),
+    (r"backbone\.layers\.(\d)\.1\.(\d+)\.attn\.attn\.out_proj\.(\w+)", r"encoder.stages.\1.blocks.\2.attn.proj.\3"),
+    (r"backbone\.layers\.(\d)\.1\.(\d+)\.ffn\.layers\.0\.(\w+)", r"encoder.stages.\1.blocks.\2.mlp.fc1.\3"),
+    (r"backbone\.layers\.(\d)\.1\.(\d+)\.ffn\.layers\.1\.(\w+)", r"encoder.stages.\1.blocks.\2.mlp.dwconv.\3"),
+    (r"backbone\.layers\.(\d)\.1\.(\d+)\.ffn\.layers\.4\.(\w+)", r"encoder.stages.\1.blocks.\2.mlp.fc2.\3"),
+    (r"backbone\.layers\.(\d)\.2\.(\w+)", r"encoder.stages.\1.norm.\2"),
+]
+
+
+@register_converter("segformer", "mmseg")
+def from_mmseg(state_dict):
+    """The MiT encoder of an mmseg checkpoint (keys with or without the ``backbone.`` prefix).
+
+    mmseg's ``SegformerHead`` is not the official decoder (a 1x1 conv + BN + ReLU per stage instead of a
+    Linear, ascending concat, 256 channels for B2-B5: architectures.md section 3.3), so its
+    ``decode_head.*`` keys stay as they are and a full load names them as unexpected; load the encoder
+    with ``load_checkpoint(model, sd, "mmseg", encoder_only=True)``. mmseg's LayerNorms use eps 1e-6
+    everywhere, the official code 1e-5 in the patch embedding and the reduction norm (section 7).
+    """
+    sd = {(k if k.startswith(("backbone.", "decode_head.", "auxiliary_head.")) else f"backbone.{k}"): v
+          for k, v in state_dict.items()}
+    sd = rename_keys(sd, _MMSEG_RULES)
+    for key in [k for k in sd if ".attn.in_proj." in k]:  # rows [q; k; v] -> q and the fused kv = [k; v]
+        in_proj = sd.pop(key)
+        dim = in_proj.shape[0] // 3
+        sd[key.replace(".in_proj.", ".q.")] = in_proj[:dim]
+        sd[key.replace(".in_proj.", ".kv.")] = in_proj[dim:]
+    for key in [k for k in sd if ".mlp.fc" in k and k.endswith("weight")]:  # 1x1 conv -> Linear
+        sd[key] = sd[key].flatten(1)
+    return sd
+

@@ -31,15 +31,13 @@ the facts sheet: reshape to (out, C, 4), index [0, 2, 1, 3], transpose).
 
 The output LayerNorms (``encoder.norm0..3``) belong to the segmentation form only: ImageNet checkpoints
 (official, timm, torchvision, HF ``SwinModel``) do not have them. mmseg leaves them at their
-initialisation when it loads such a checkpoint, and so do we: the converters write that
-initialisation (weight 1, bias 0, exactly what a fresh model holds) and warn, naming the keys, so
-that ``load_checkpoint(..., encoder_only=True)`` accepts the checkpoint and the user is told what did
-not come from it.
+initialisation when it loads such a checkpoint, and so do we: these converters declare the norms
+``may_be_missing``, so ``load_checkpoint(..., encoder_only=True)`` accepts such a checkpoint, keeps the
+norms at their initialisation and returns their keys among those not loaded.
 """
 from __future__ import annotations
 
 import re
-import warnings
 from typing import Mapping
 
 import torch
@@ -61,26 +59,7 @@ def _renumber(sd: dict[str, torch.Tensor], offset: int) -> dict[str, torch.Tenso
     return {re.sub(r"<(\d+)>", lambda m: str(int(m.group(1)) + offset), k): v for k, v in sd.items()}
 
 
-def _fill_output_norms(sd: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
-    """Add ``encoder.norm{i}`` at their initial values (1, 0) where the checkpoint has none, and say so."""
-    first_norms = (re.fullmatch(r"encoder\.stages\.(\d+)\.blocks\.0\.norm1\.weight", k) for k in sd)
-    stages = sorted(int(m.group(1)) for m in first_norms if m)
-    filled = []
-    for i in stages:
-        if f"encoder.norm{i}.weight" in sd:
-            continue
-        ref = sd[f"encoder.stages.{i}.blocks.0.norm1.weight"]
-        sd[f"encoder.norm{i}.weight"] = torch.ones_like(ref)
-        sd[f"encoder.norm{i}.bias"] = torch.zeros_like(ref)
-        filled.append(f"encoder.norm{i}")
-    if filled:
-        warnings.warn(
-            f"{source} Swin checkpoint has no per-output LayerNorms: {', '.join(filled)} are NOT loaded "
-            "and keep their initialisation (weight 1, bias 0), as in mmseg; they train with the decoder.",
-            stacklevel=3,
-        )
-    return sd
-
+_OUTPUT_NORMS = (r"encoder\.norm\d\.(weight|bias)",)  # segmentation-only: see the module docstring
 
 _OFFICIAL_RULES = [
     (r"(?:backbone\.)?patch_embed\.(proj|norm)\.(\w+)", r"encoder.patch_embed.\1.\2"),
@@ -90,11 +69,11 @@ _OFFICIAL_RULES = [
 ]
 
 
-@register_converter("ssformer", "official")
+@register_converter("ssformer", "official", may_be_missing=_OUTPUT_NORMS)
 def from_official(state_dict):
     # norm.* / head.*: the ImageNet classifier's final LayerNorm and linear head.
     sd = rename_keys(_unwrap(state_dict), _OFFICIAL_RULES, drop=_BUFFERS + (r"norm\.\w+", r"head\..*"))
-    return _fill_output_norms(sd, "official")
+    return sd
 
 
 def _from_unfold_order(t: torch.Tensor) -> torch.Tensor:
@@ -139,10 +118,10 @@ _TIMM_RULES = [
 ]
 
 
-@register_converter("ssformer", "timm")
+@register_converter("ssformer", "timm", may_be_missing=_OUTPUT_NORMS)
 def from_timm(state_dict):
     sd = rename_keys(state_dict, _TIMM_RULES, drop=_BUFFERS + (r"norm\.\w+", r"head\..*"))
-    return _fill_output_norms(_renumber(sd, -1), "timm")  # timm merges at the start of the next stage
+    return _renumber(sd, -1)  # timm merges at the start of the next stage
 
 
 _TV_RULES = [
@@ -157,12 +136,12 @@ _TV_RULES = [
 ]
 
 
-@register_converter("ssformer", "torchvision")
+@register_converter("ssformer", "torchvision", may_be_missing=_OUTPUT_NORMS)
 def from_torchvision(state_dict):
     sd = rename_keys(state_dict, _TV_RULES, drop=_BUFFERS + (r"norm\.\w+", r"head\..*"))
     sd = {re.sub(r"<(\d)>", lambda m: str((int(m.group(1)) - 1) // 2), k): v for k, v in sd.items()}  # 1,3,5,7 -> 0..3
     sd = {re.sub(r"\[(\d)\]", lambda m: str(int(m.group(1)) // 2 - 1), k): v for k, v in sd.items()}  # 2,4,6 -> 0..2
-    return _fill_output_norms(sd, "torchvision")
+    return sd
 
 
 _HF_LAYER = r"swin\.encoder\.layers\.(\d+)\.blocks\.(\d+)"
@@ -189,7 +168,7 @@ _HF_RULES = [
 ]
 
 
-@register_converter("ssformer", "transformers")
+@register_converter("ssformer", "transformers", may_be_missing=_OUTPUT_NORMS)
 def from_transformers(state_dict):
     # SwinModel / SwinBackbone-internal checkpoints have no "swin." prefix.
     sd = {(f"swin.{k}" if k.startswith(("embeddings.", "encoder.layers.", "layernorm.", "pooler.")) else k): v
@@ -200,4 +179,4 @@ def from_transformers(state_dict):
     for key in [k for k in sd if ".attn.query." in k]:
         parts = [sd.pop(key.replace(".query.", f".{p}.")) for p in ("query", "key", "value")]
         sd[key.replace(".query.", ".qkv.")] = torch.cat(parts, dim=0)
-    return _fill_output_norms(sd, "transformers")
+    return sd
