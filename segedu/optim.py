@@ -1,14 +1,15 @@
 """Optimiser and learning-rate schedule of the papers' recipes (mmseg ``paramwise_cfg`` + ``PolyLR``).
 
-* AdamW; parameters of the decode head get ``head_lr_mult`` x the base learning rate (SegFormer,
-  SegNeXt: 10); parameters whose names contain a ``no_decay`` keyword get weight decay 0.
+* AdamW (SegFormer, SegNeXt, Swin/SSformer) or SGD with momentum 0.9 (SETR); parameters of the decode
+  head get ``head_lr_mult`` x the base learning rate (SegFormer, SegNeXt, SETR: 10);
+  parameters whose names contain a ``no_decay`` keyword get weight decay 0.
 * Poly decay ``lr = (base - min) * (1 - t / T) ** power + min`` per iteration, after a linear warm-up
   from ``warmup_ratio * lr`` over ``warmup_iters`` iterations (mmseg: 1500 iterations, ratio 1e-6).
 """
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float, head_lr_mult: float = 1.0,
@@ -47,11 +48,18 @@ def poly_warmup_factor(step: int, total: int, warmup_iters: int = 1500, warmup_r
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float, head_lr_mult: float,
                     no_decay_keywords: tuple[str, ...] = ("norm",), betas=(0.9, 0.999),
-                    fused: bool | None = None) -> torch.optim.AdamW:
+                    fused: bool | None = None, optimizer: str = "adamw",
+                    momentum: float = 0.9) -> torch.optim.Optimizer:
+    """AdamW or SGD over :func:`param_groups`; ``fused`` (default: on when every parameter is on the GPU)
+    runs the whole update as one kernel per step instead of a loop of small ones."""
     groups = param_groups(model, lr, weight_decay, head_lr_mult, no_decay_keywords)
-    if fused is None:  # fused AdamW is one kernel per step on the GPU
+    if fused is None:
         fused = all(p.is_cuda for g in groups for p in g["params"])
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
+    if optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
+    if optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, fused=fused)
+    raise ValueError(f"unknown optimizer {optimizer!r}; use 'adamw' or 'sgd'")
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, total: int, warmup_iters: int, warmup_ratio: float = 1e-6,

@@ -4,12 +4,17 @@
 ``model.decoder``: that list -> logits ``[B, K, H/s, W/s]`` at the decoder's own stride ``s``.
 ``model(x)``: logits ``[B, K, H, W]``, bilinearly resized to the input (align_corners=False, as the
 official code does before the loss and before the argmax at test time).
+
+Activation checkpointing (``model.set_grad_checkpointing()``) works for every family without touching
+their files: each encoder keeps its Transformer / MSCA blocks in ``nn.ModuleList`` attributes named
+``blocks``.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 class SegmentationModel(nn.Module):
@@ -56,6 +61,36 @@ class SegmentationModel(nn.Module):
         """``{"main": logits, "aux": [auxiliary logits]}`` for the loss; models with aux heads override it."""
         return {"main": self.forward_logits(x), "aux": []}
 
+    def encoder_blocks(self) -> list[nn.Module]:
+        """Every block of every ``blocks`` list in the encoder (SegFormer, SegNeXt, Swin: per stage; ViT: one)."""
+        return [block for name, blocks in self.encoder.named_modules()
+                if isinstance(blocks, nn.ModuleList) and name.split(".")[-1] == "blocks" for block in blocks]
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> int:
+        """Recompute each encoder block in the backward pass instead of storing its activations.
+
+        Memory for activations drops from all the blocks' intermediates to their inputs, for about one
+        more forward pass of the encoder. Each block's ``forward`` is replaced on the instance by one that
+        runs the original under ``torch.utils.checkpoint`` (which replays the RNG, so dropout and
+        stochastic depth draw the same values twice) when gradients are on; ``enabled=False`` restores
+        it. Returns the number of blocks changed.
+        """
+        blocks = self.encoder_blocks()
+        for block in blocks:
+            block.__dict__.pop("forward", None)  # the class's own forward again
+            if enabled:
+                block.forward = _checkpointed(block.forward)
+        return len(blocks)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.forward_logits(x)
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def _checkpointed(forward):
+    """``forward`` run under activation checkpointing when autograd records, as is otherwise."""
+    def run(*args, **kwargs):
+        if torch.is_grad_enabled():
+            return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        return forward(*args, **kwargs)
+    return run
