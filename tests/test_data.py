@@ -203,6 +203,7 @@ def test_ensure_synthetic_caches(tmp_path):
     assert json.loads((root / "meta.json").read_text())["seed"] == 5
     assert len(list((root / "images" / "training").iterdir())) == 2  # stale files removed
     assert len(list((root / "annotations" / "training").iterdir())) == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["syn"]  # written beside root, swapped in, nothing left over
 
 
 # ----------------------------------------------------------------------------

@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -762,8 +765,23 @@ def ensure_synthetic(
         found = json.loads((root / "meta.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         found = None
-    if found != wanted:
-        generate(root, n_train, n_val, size, seed, overwrite=True)
+    if found == wanted:
+        return root
+    # Write a complete set beside ``root``, then swap it in with renames: a reader (or a second
+    # process generating at the same time) never sees a half-written set.
+    root.parent.mkdir(parents=True, exist_ok=True)
+    fresh = Path(tempfile.mkdtemp(prefix=f".{root.name}.new-", dir=root.parent))
+    generate(fresh, n_train, n_val, size, seed)
+    stale = root.parent / f".{root.name}.old-{os.getpid()}"
+    try:
+        root.rename(stale)
+    except FileNotFoundError:
+        pass
+    try:
+        fresh.rename(root)
+    except OSError:  # another process swapped its (identical) set in first
+        shutil.rmtree(fresh)
+    shutil.rmtree(stale, ignore_errors=True)
     return root
 
 
