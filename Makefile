@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 DATA   := data/synthetic
 RUN    := runs/synthetic-segformer-b0
 
-.PHONY: install data train test test-package test-notebooks lab clean
+.PHONY: install data train test test-package test-notebooks lab clean assignments grade
 
 install: $(STAMP)
 
@@ -28,6 +28,16 @@ test: data
 	$(BIN)/python -m pytest tests -q --durations=10
 	$(BIN)/python -m pytest notebooks --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg \
 		--nbval-cell-timeout=300 -p no:cacheprovider -q
+
+# Classroom assignments (docs/instructors.md): student versions into assignments/release (ignored by git),
+# then autograding of SUBMISSIONS/<student>/<notebook>.ipynb into assignments/gradebook.{csv,md}.
+TIMEOUT ?= 300
+assignments: $(STAMP)
+	$(BIN)/python -m segedu.assignments --notebooks notebooks --course assignments generate
+
+grade: assignments data
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=DIR  (DIR/<student>/<notebook>.ipynb)"; exit 2; }
+	$(BIN)/python -m segedu.assignments --notebooks notebooks --course assignments grade "$(SUBMISSIONS)" --timeout $(TIMEOUT)
 
 lab: data
 	$(BIN)/jupyter lab notebooks
