@@ -169,3 +169,116 @@ def test_auxiliary_losses_are_weighted_in():
     torch.testing.assert_close(total_loss(out, y, model.aux_weights), expected)
     plain = segedu.build_model("segformer-b0", num_classes=5)
     assert plain.forward_train(torch.randn(1, 3, 64, 64))["aux"] == []
+
+
+def test_every_registered_model_has_a_recipe_and_every_recipe_builds():
+    from segedu.registry import get_spec
+    recipes_of = {r.model for name, r in RECIPES.items() if name != "synthetic"}
+    assert set(segedu.list_models()) <= recipes_of
+    for name, r in RECIPES.items():
+        with torch.device("meta"):  # structure only: no memory for ViT-L's 300M parameters
+            model = segedu.build_model(r.model, num_classes=r.num_classes, **r.model_kwargs)
+        opt = build_optimizer(model, r.lr, r.weight_decay, r.head_lr_mult, r.no_decay_keywords,
+                              optimizer=r.optimizer, momentum=r.momentum)
+        assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters())), name
+        assert r.crop_size == get_spec(r.model).crop_size or name == "synthetic", name
+        assert (r.batch_size, r.iters) == (16, 160_000) or name == "synthetic", name
+
+
+def test_recipes_carry_the_papers_optimiser_schedule_and_test_protocol():
+    setr = get_recipe("setr-pup-ade20k")
+    assert (setr.optimizer, setr.momentum, setr.lr, setr.weight_decay, setr.head_lr_mult) == ("sgd", 0.9, 1e-3, 0.0, 10.0)
+    assert (setr.poly_power, setr.warmup_iters) == (0.9, 0)
+    assert setr.lr * setr.min_lr_ratio == pytest.approx(1e-4)  # official min_lr
+    assert (setr.test_mode, setr.slide_crop, setr.slide_stride) == ("slide", 512, 341)
+    assert get_recipe("setr-naive-ade20k").lr == 0.01 and setr.model_kwargs == {"aux_heads": True}
+    opt = build_optimizer(segedu.build_model("setr-naive-base", aux_heads=True, embed_dim=64, num_heads=2),
+                          setr.lr, setr.weight_decay, setr.head_lr_mult, optimizer="sgd")
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.9
+    ss = get_recipe("ssformer-swin-t-ade20k")
+    assert ss.head_lr_mult == 1.0 and "relative_position_bias_table" in ss.no_decay_keywords
+    nx = get_recipe("segnext-l-ade20k")
+    assert (nx.optimizer, nx.lr, nx.head_lr_mult, nx.warmup_iters, nx.test_mode) == ("adamw", 6e-5, 10.0, 1500, "whole")
+    with pytest.raises(ValueError, match="test_mode 'slide' needs"):
+        setr.with_overrides(slide_crop=0)
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        setr.with_overrides(optimizer="lamb")
+
+
+def test_recipe_json_file_round_trip(tmp_path):
+    recipe = get_recipe("setr-mla-ade20k")
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(recipe.to_dict()))
+    assert get_recipe(str(path)) == recipe
+    path.write_text(json.dumps({**recipe.to_dict(), "lr_typo": 1}))
+    with pytest.raises(ValueError, match=r"unknown recipe field\(s\) \['lr_typo'\]"):
+        get_recipe(str(path))
+
+
+class _TinyEncoder(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 4, stride=4)
+
+    def forward(self, x):
+        return [torch.nn.functional.gelu(self.conv(x))]          # [B, 8, H/4, W/4]
+
+
+def _bn_free_model(name, num_classes=150, **kw):
+    from segedu.models import SegmentationModel
+
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.classifier = torch.nn.Conv2d(8, num_classes, 1)
+
+        def forward(self, features):
+            return self.classifier(features[-1])
+
+    return SegmentationModel(_TinyEncoder(), Head(), num_classes, min_size=4)
+
+
+def test_gradient_accumulation_equals_the_full_batch(tiny_data, tmp_path, monkeypatch):
+    # Without BatchNorm, micro-batches of 2 with 2 accumulation steps are the same step as one batch of 4:
+    # each piece's summed loss is divided by the labelled pixels of the whole step.
+    import segedu.train as train_module
+    monkeypatch.setattr(train_module, "build_model", _bn_free_model)
+    recipe = tiny_recipe(batch_size=4, iters=3, eval_every=3)
+    train(recipe, tiny_data, tmp_path / "full", progress=False, device="cpu")
+    train(recipe, tiny_data, tmp_path / "accum", progress=False, device="cpu", micro_batch=2)
+    a, b = ckpt.load(tmp_path / "full" / "checkpoint.pt"), ckpt.load(tmp_path / "accum" / "checkpoint.pt")
+    for k in a["model"]:
+        torch.testing.assert_close(b["model"][k], a["model"][k], atol=1e-6, rtol=1e-5, msg=k)
+    with pytest.raises(ValueError, match="total batch 4 is not a multiple of world_size x micro-batch = 1 x 3"):
+        train(recipe, tiny_data, tmp_path / "bad", progress=False, device="cpu", micro_batch=3)
+
+
+@pytest.mark.parametrize(("name", "kw"), [("segformer-b0", {}), ("segnext-t", {}), ("ssformer-swin-t", {}),
+                                          ("setr-pup-base", {"embed_dim": 64, "num_heads": 2, "aux_heads": True})])
+def test_grad_checkpointing_gives_the_same_gradients(name, kw):
+    from segedu.losses import total_loss
+    torch.manual_seed(0)
+    model = segedu.build_model(name, num_classes=5, **kw).train()  # stochastic depth on: RNG replayed
+    x, y = torch.randn(2, 3, 64, 64), torch.randint(0, 5, (2, 64, 64))
+
+    def grads():
+        torch.manual_seed(1)
+        model.zero_grad()
+        total_loss(model.forward_train(x), y, model.aux_weights).backward()
+        return {k: p.grad.clone() for k, p in model.named_parameters()}
+    plain = grads()
+    assert model.set_grad_checkpointing() > 0
+    checkpointed = grads()
+    for k in plain:
+        torch.testing.assert_close(checkpointed[k], plain[k], msg=k)
+    model.set_grad_checkpointing(False)
+    assert all("forward" not in block.__dict__ for block in model.encoder_blocks())
+
+
+def test_cli_train_with_micro_batch_and_speed_flags(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setitem(RECIPES, "tiny", tiny_recipe(iters=2, batch_size=4))
+    args = ["train", "--config", "tiny", "--data", str(tiny_data), "--out", str(tmp_path), "--batch-size", "2",
+            "--channels-last", "--grad-checkpointing", "--loss-chunk-rows", "16", "--device", "cpu"]
+    assert cli_main(args) == 0
+    assert ckpt.load(tmp_path / "checkpoint.pt")["step"] == 2
+    assert (tmp_path / "curves.png").stat().st_size > 0
