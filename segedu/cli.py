@@ -16,12 +16,15 @@ def _cmd_train(args) -> None:
     from .recipes import get_recipe
     from .report import write_report
     from .train import train
-    recipe = get_recipe(args.config or f"{args.model}-ade20k").with_overrides(
-        model=args.model, iters=args.iters, batch_size=args.batch_size, crop_size=args.crop, lr=args.lr)
+    recipe = get_recipe(args.config or f"{args.model or 'segformer-b0'}-ade20k").with_overrides(
+        model=args.model, iters=args.iters, crop_size=args.crop, lr=args.lr)
     out = Path(args.out or f"runs/{recipe.model}")
     result = train(recipe, args.data, out, seed=args.seed, resume=args.resume, device=args.device,
-                   num_workers=args.workers)
-    write_report(out, args.data, recipe, result, device=args.device)
+                   num_workers=args.workers, micro_batch=args.batch_size, amp=args.amp,
+                   channels_last=args.channels_last, compile=args.compile,
+                   grad_checkpointing=args.grad_checkpointing, loss_chunk_rows=args.loss_chunk_rows)
+    if result.is_main:  # under torchrun, rank 0 alone writes the report
+        write_report(out, args.data, recipe, result, device=args.device)
 
 
 def _cmd_eval(args) -> None:
@@ -69,12 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--root", default="data/synthetic")
     d.set_defaults(func=_cmd_data)
 
-    t = sub.add_parser("train", help="train a model on an ADE20K-layout folder")
-    t.add_argument("--model", default="segformer-b0")
+    t = sub.add_parser("train", help="train a model on an ADE20K-layout folder (torchrun for several GPUs)")
+    t.add_argument("--model", default=None, help="model name (default: the recipe's; segformer-b0 without --config)")
     t.add_argument("--data", required=True, help="folder with images/ and annotations/")
-    t.add_argument("--config", help="recipe name (default: <model>-ade20k); see segedu.recipes")
+    t.add_argument("--config", help="recipe name or a recipe .json file (default: <model>-ade20k); see segedu.recipes")
     t.add_argument("--iters", type=int)
-    t.add_argument("--batch-size", type=int)
+    t.add_argument("--batch-size", type=int, help="micro-batch per process; the recipe's total batch is reached "
+                   "by gradient accumulation (default: total / processes)")
     t.add_argument("--crop", type=int)
     t.add_argument("--lr", type=float)
     t.add_argument("--out", help="output folder (default runs/<model>)")
@@ -82,6 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--workers", type=int, default=0)
     t.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    speed = t.add_argument_group("speed options")
+    speed.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                       help="bf16 autocast (default: on for cuda)")
+    speed.add_argument("--channels-last", action="store_true", help="NHWC memory format for convolutions")
+    speed.add_argument("--compile", action="store_true", help="torch.compile the training forward")
+    speed.add_argument("--grad-checkpointing", action="store_true",
+                       help="recompute encoder blocks in the backward pass (less memory, ~1 more forward)")
+    speed.add_argument("--loss-chunk-rows", type=int, default=None,
+                       help="chunked loss: upsample and score this many label rows at a time")
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a training checkpoint (whole-image mIoU)")
