@@ -27,9 +27,30 @@ def _cmd_train(args) -> None:
         write_report(out, args.data, recipe, result, device=args.device)
 
 
+def _model_source(args) -> dict:
+    """The model arguments shared by eval and predict: a training checkpoint or public weights."""
+    if (args.checkpoint is None) == (args.weights is None) or (args.weights is not None and args.model is None):
+        raise ValueError("give either --checkpoint CKPT, or --model NAME --weights PATH_OR_HUB_ID [--source ...]")
+    return {"checkpoint": args.checkpoint, "name": args.model, "weights": args.weights, "source": args.source}
+
+
 def _cmd_eval(args) -> None:
+    from .data import read_classes
     from .report import evaluate_checkpoint
-    evaluate_checkpoint(args.checkpoint, args.data, device=args.device)
+    evaluate_checkpoint(data=args.data, device=args.device, mode=args.mode, crop=args.slide_crop,
+                        stride=args.slide_stride, classes=read_classes(args.classes) if args.classes else None,
+                        reduce_zero_label=args.reduce_zero_label, out_dir=args.out, amp=args.amp, **_model_source(args))
+
+
+def _cmd_predict(args) -> None:
+    from .data import ADE20K_CLASSES, read_classes
+    from .predict import describe, load_model, predict_files
+    model, settings, facts = load_model(device=args.device, **_model_source(args))
+    settings = settings.with_mode(args.mode, args.slide_crop, args.slide_stride)
+    classes = read_classes(args.classes) if args.classes else ADE20K_CLASSES
+    amp = next(model.parameters()).device.type == "cuda" if args.amp is None else args.amp
+    for record in predict_files(model, args.images, args.out, settings, facts["num_classes"], amp=amp):
+        print(describe(record, classes))
 
 
 def _cmd_bench(args) -> None:
@@ -43,15 +64,15 @@ def _cmd_bench(args) -> None:
            "arguments": {k: v for k, v in vars(args).items() if k != "func"}, "machine": machine_info()}
     if args.data_loader:
         out["loader"] = bench_loader(args.data_root, images=args.data_images, crop=args.data_crop,
-                                     workers=args.workers)
+                                     workers=args.workers, cache=args.data_cache)
         print(format_loader(out["loader"]))
     if args.model:
         # Data in the projection: the measured per-worker rate times --workers (workers run in parallel).
         loader_rate = (out["loader"]["samples_per_s_per_worker"] * args.workers
                        if args.data_loader and args.workers else None)
         out["model"] = bench_model(args.model, args.device, args.batch, args.size, args.infer_batches, args.steps,
-                                   args.warmup, args.amp, args.compile, args.channels_last, not args.no_hf,
-                                   args.peak_tflops, loader_rate)
+                                   args.warmup, args.amp, args.compile is not None, args.compile or "default",
+                                   args.channels_last, not args.no_hf, args.peak_tflops, loader_rate)
         print(format_model(out["model"]))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -97,11 +118,34 @@ def build_parser() -> argparse.ArgumentParser:
                        help="chunked loss: upsample and score this many label rows at a time")
     t.set_defaults(func=_cmd_train)
 
-    e = sub.add_parser("eval", help="evaluate a training checkpoint (whole-image mIoU)")
-    e.add_argument("--checkpoint", required=True)
-    e.add_argument("--data", required=True)
-    e.add_argument("--device", default=None)
+    def model_and_test_arguments(q: argparse.ArgumentParser) -> None:  # shared by eval and predict
+        q.add_argument("--checkpoint", help="segedu training checkpoint (its recipe gives the test setting)")
+        q.add_argument("--model", help="registered model name, with --weights for a public checkpoint")
+        q.add_argument("--weights", help="public checkpoint: file, folder or hub id (segedu.weights.from_pretrained)")
+        q.add_argument("--source", default="transformers", help="layout of --weights: transformers, official, mmseg")
+        q.add_argument("--mode", choices=("whole", "slide", "ms-flip"),
+                       help="test mode (default: the recipe's, or the model's paper)")
+        q.add_argument("--slide-crop", type=int, help="sliding-window crop (slide mode, or the passes of ms-flip)")
+        q.add_argument("--slide-stride", type=int, help="sliding-window stride")
+        q.add_argument("--classes", help="text file of class names, one per line (custom datasets)")
+        q.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                       help="bf16 autocast (default: on for cuda)")
+        q.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+
+    e = sub.add_parser("eval", help="mIoU / mAcc / aAcc and per-class IoU on the validation split")
+    model_and_test_arguments(e)
+    e.add_argument("--data", required=True,
+                   help="ADE20K-layout folder, parquet file or folder, save_to_disk folder, or hub id")
+    e.add_argument("--reduce-zero-label", action=argparse.BooleanOptionalAction, default=None,
+                   help="map label 0 to ignore and v to v-1 (default: as in training; on for ADE20K)")
+    e.add_argument("--out", help="also write eval_<mode>.json and class_iou_<mode>.png here")
     e.set_defaults(func=_cmd_eval)
+
+    pr = sub.add_parser("predict", help="label maps, colour masks and overlays for image files")
+    model_and_test_arguments(pr)
+    pr.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
+    pr.add_argument("--out", required=True, help="output folder")
+    pr.set_defaults(func=_cmd_predict)
 
     z = sub.add_parser("zoo", help="parameters and MACs of every registered model vs the papers")
     z.add_argument("--pattern", default="*")
@@ -118,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup", type=int, help="untimed steps first (default: 5 on a GPU, 1 on the CPU)")
     b.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (default: on for cuda)")
-    b.add_argument("--compile", action="store_true", help="torch.compile the segedu side (transformers stays eager)")
+    b.add_argument("--compile", nargs="?", const="default", metavar="MODE",
+                   help="torch.compile the segedu side, optionally with a mode such as reduce-overhead "
+                        "(transformers stays eager)")
     b.add_argument("--channels-last", action="store_true", help="NHWC memory format, both sides")
     b.add_argument("--no-hf", action="store_true", help="skip the transformers comparison")
     b.add_argument("--peak-tflops", type=float, help="peak FLOP/s for MFU (default: from the GPU's name)")
@@ -127,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--data-root", help="ADE20K-layout folder for --data (default: synthetic 512x683 scenes)")
     b.add_argument("--data-images", type=int, default=64, help="synthetic images for --data")
     b.add_argument("--data-crop", type=int, default=512)
+    b.add_argument("--data-cache", action="store_true", help="read --data samples from a pre-decoded uint8 cache")
     b.add_argument("--workers", type=int, default=0,
                    help="time a real DataLoader with this many workers; the projection then includes data")
     b.add_argument("--json", help="write every figure, the command, machine and versions to this file")

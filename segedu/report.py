@@ -1,70 +1,111 @@
-"""After training: the per-class IoU table, curves and a picture of predictions under the run folder."""
+"""After training or for a public checkpoint: the per-class IoU table and bar chart, curves, and a
+picture of predictions; ``evaluate_checkpoint`` is ``segedu eval``."""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from . import checkpoint as ckpt
-from .data import ADE20K_CLASSES, ADE20K_PALETTE, SegmentationFolder, test_transforms
-from .evaluate import evaluate, predict_logits
+from .data import ADE20K_CLASSES, open_dataset, test_transforms
+from .evaluate import evaluate
+from .predict import TestSettings, load_model, predict_mask
 from .recipes import Recipe
-from .registry import build_model
-from .utils import default_device
-from .viz import plot_curves, prediction_grid
+from .viz import palette_for, plot_class_iou, plot_curves, prediction_grid
 
 
 def iou_table(metrics: dict, classes=ADE20K_CLASSES) -> str:
     """Per-class IoU / Acc of the classes that occur (NaN rows are skipped), then the means."""
-    lines = [f"{'class':<16}{'IoU':>8}{'Acc':>8}"]
+    width = max(16, max(len(c) for c in classes) + 2)
+    lines = [f"{'class':<{width}}{'IoU':>8}{'Acc':>8}"]
     for c, (iou, acc) in enumerate(zip(metrics["IoU"], metrics["Acc"])):
         if not math.isnan(iou):  # the class occurs in the labels or in the predictions
-            lines.append(f"{classes[c]:<16}{iou:>8.4f}{acc:>8.4f}")
-    lines.append(f"{'mIoU':<16}{metrics['mIoU']:>8.4f}")
-    lines.append(f"{'mAcc':<16}{metrics['mAcc']:>8.4f}")
-    lines.append(f"{'aAcc':<16}{metrics['aAcc']:>8.4f}")
+            lines.append(f"{classes[c]:<{width}}{iou:>8.4f}{acc:>8.4f}")
+    lines.append(f"{'mIoU':<{width}}{metrics['mIoU']:>8.4f}")
+    lines.append(f"{'mAcc':<{width}}{metrics['mAcc']:>8.4f}")
+    lines.append(f"{'aAcc':<{width}}{metrics['aAcc']:>8.4f}")
     return "\n".join(lines)
 
 
 def load_trained(checkpoint_path: str | Path, device=None) -> tuple[torch.nn.Module, Recipe]:
-    """The model and recipe stored in a segedu training checkpoint."""
+    """The model (eval mode) and recipe stored in a segedu training checkpoint."""
+    model, _, _ = load_model(checkpoint_path, device=device)
     state = ckpt.load(checkpoint_path)
-    recipe = Recipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["recipe"].items()})
-    model = build_model(recipe.model, num_classes=recipe.num_classes)
-    model.load_state_dict(state["model"])
-    return model.to(device or default_device()).eval(), recipe
+    return model, Recipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["recipe"].items()})
 
 
-def _val_set(data_root, recipe: Recipe, transforms=None):
-    return SegmentationFolder(data_root, "validation", reduce_zero_label=recipe.reduce_zero_label,
-                              num_classes=recipe.num_classes, transforms=transforms)
+def _is_main_process() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
-def write_report(out_dir: str | Path, data_root, recipe: Recipe, result, device=None, rows: int = 4) -> None:
+def write_report(out_dir: str | Path, data, recipe: Recipe, result, device=None, rows: int = 4,
+                 classes=None) -> None:
+    """Print the IoU table; write curves.png, class_iou.png and predictions.png (first ``rows``
+    validation images in the recipe's test mode) next to the run's checkpoint.pt."""
     out_dir = Path(out_dir)
-    print(iou_table(result.metrics))
+    raw = open_dataset(data, "validation", num_classes=recipe.num_classes,
+                       reduce_zero_label=recipe.reduce_zero_label, classes=classes)
+    print(iou_table(result.metrics, raw.classes))
     print(f"trained {recipe.model} for {recipe.iters} iterations in {result.seconds:.0f} s; "
           f"validation mIoU {result.metrics['mIoU']:.4f}")
     plot_curves(out_dir / "metrics.jsonl", out_dir / "curves.png")
-    model, _ = load_trained(out_dir / "checkpoint.pt", device)
-    device = next(model.parameters()).device
-    val = _val_set(data_root, recipe, test_transforms(recipe.test_short_side, recipe.test_size_divisor))
-    raw = _val_set(data_root, recipe)
+    plot_class_iou(result.metrics, raw.classes, out_dir / "class_iou.png",
+                   title=f"{recipe.model}: per-class validation IoU")
+    model, settings, _ = load_model(out_dir / "checkpoint.pt", device=device)
     images, labels, preds = [], [], []
-    for i in range(min(rows, len(val))):
-        image, mask = val[i]
-        preds.append(predict_logits(model, image[None].to(device), mask.shape[-2:]).argmax(1)[0].cpu())
-        images.append(raw[i][0])
+    for i in range(min(rows, len(raw))):
+        image, mask = raw[i]
+        images.append(image)
         labels.append(mask)
-    prediction_grid(images, labels, preds, ADE20K_PALETTE, out_dir / "predictions.png",
+        preds.append(predict_mask(model, image, settings, recipe.num_classes))
+    prediction_grid(images, labels, preds, palette_for(recipe.num_classes), out_dir / "predictions.png",
                     title=f"{recipe.model}: validation mIoU {result.metrics['mIoU']:.3f}")
-    print(f"wrote {out_dir / 'checkpoint.pt'}, metrics.jsonl, curves.png, predictions.png")
+    print(f"wrote {out_dir / 'checkpoint.pt'}, metrics.jsonl, curves.png, class_iou.png, predictions.png")
 
 
-def evaluate_checkpoint(checkpoint_path, data_root, device=None) -> dict:
-    model, recipe = load_trained(checkpoint_path, device)
-    val = _val_set(data_root, recipe, test_transforms(recipe.test_short_side, recipe.test_size_divisor))
-    metrics = evaluate(model, val, recipe.num_classes, next(model.parameters()).device)
-    print(iou_table(metrics))
+def evaluate_checkpoint(checkpoint=None, data=None, device=None, *, mode: str | None = None,
+                        crop: int | None = None, stride: int | None = None, classes=None,
+                        reduce_zero_label: bool | None = None, out_dir: str | Path | None = None,
+                        name: str | None = None, weights=None, source: str = "transformers",
+                        amp: bool | None = None, progress: bool = True) -> dict:
+    """Evaluate a training ``checkpoint`` (or public ``weights`` of model ``name``) on the validation
+    split of ``data`` (anything :func:`segedu.data.open_dataset` accepts).
+
+    ``mode`` / ``crop`` / ``stride`` override the recipe's (or the paper's) test setting; ``classes``
+    names a custom dataset's classes (their number must match the model). Prints the IoU table; with
+    ``out_dir`` also writes ``eval_<mode>.json`` and ``class_iou_<mode>.png``. Returns the metrics.
+    """
+    model, settings, facts = load_model(checkpoint, name, weights, source, device)
+    settings = settings.with_mode(mode, crop, stride)
+    num_classes = facts["num_classes"]
+    if classes is not None and len(classes) != num_classes:
+        raise ValueError(f"{len(classes)} class names given but the model predicts {num_classes} classes")
+    rzl = facts["reduce_zero_label"] if reduce_zero_label is None else reduce_zero_label
+    val = open_dataset(data, "validation", num_classes=num_classes, reduce_zero_label=rzl, classes=classes,
+                       transforms=test_transforms(settings.short_side, settings.size_divisor))
+    device = next(model.parameters()).device
+    amp = device.type == "cuda" if amp is None else amp
+    metrics = evaluate(model, val, num_classes, device, amp=amp, progress=progress, mode=settings.mode,
+                       crop_size=settings.crop, stride=settings.stride)
+    if _is_main_process():
+        model_name = getattr(model, "name", type(model).__name__)
+        print(f"{model_name} on {data} (validation, {len(val)} images), mode {settings.mode}")
+        print(iou_table(metrics, val.classes))
+        if out_dir is not None:
+            out_dir = Path(out_dir)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            strict = {k: [None if math.isnan(x) else x for x in v] if isinstance(v, list) else v
+                      for k, v in metrics.items()}  # JSON has no NaN: undefined IoU / Acc -> null
+            record = {"model": model_name, "data": str(data), "settings": vars(settings), "amp": amp,
+                      "classes": list(val.classes), **strict}
+            (out_dir / f"eval_{settings.mode}.json").write_text(json.dumps(record, indent=1))
+            plot_class_iou(metrics, val.classes, out_dir / f"class_iou_{settings.mode}.png",
+                           title=f"{model_name}, {settings.mode}: mIoU {metrics['mIoU']:.3f}")
+            print(f"wrote {out_dir / f'eval_{settings.mode}.json'} and class_iou_{settings.mode}.png")
     return metrics
+
+
+__all__ = ["TestSettings", "evaluate_checkpoint", "iou_table", "load_trained", "write_report"]

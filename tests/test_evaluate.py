@@ -1,9 +1,16 @@
-"""Whole / sliding-window / multi-scale+flip inference and dataset-level evaluation."""
+"""Whole / sliding-window / multi-scale+flip inference, dataset-level evaluation, ``segedu eval``."""
+import json
+
 import pytest
 import torch
 from torch import nn
 
+from segedu import checkpoint as ckpt
+from segedu.cli import main as cli_main
+from segedu.data import generate, open_dataset, test_transforms
 from segedu.evaluate import evaluate, infer, ms_flip_logits, predict_logits, slide_logits, slide_windows
+from segedu.predict import load_model
+from segedu.recipes import RECIPES
 from segedu.registry import build_model
 
 K = 5
@@ -228,3 +235,60 @@ def test_evaluate_whole_equals_a_hand_loop():
 def test_evaluate_rejects_an_unknown_mode():
     with pytest.raises(ValueError, match="unknown test mode"):
         evaluate(Oracle(), ToyDataset(), K, mode="slidE", progress=False)
+
+
+# --- segedu eval ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def eval_setup(tmp_path_factory):
+    """A tiny synthetic ADE-layout set, the same validation split as a parquet file, and a checkpoint."""
+    datasets = pytest.importorskip("datasets")
+    root = generate(tmp_path_factory.mktemp("syn"), n_train=1, n_val=2, size=(72, 96), seed=5)
+    rows = [{"image": {"bytes": jpg.read_bytes(), "path": jpg.name},
+             "annotation": {"bytes": (root / "annotations" / "validation" / f"{jpg.stem}.png").read_bytes(),
+                            "path": f"{jpg.stem}.png"}}
+            for jpg in sorted((root / "images" / "validation").glob("*.jpg"))]
+    features = datasets.Features({"image": datasets.Image(), "annotation": datasets.Image()})
+    parquet = root.parent / "validation.parquet"
+    datasets.Dataset.from_list(rows, features=features).to_parquet(str(parquet))
+    torch.manual_seed(0)
+    recipe = RECIPES["synthetic"].with_overrides(test_short_side=64, test_size_divisor=32)
+    model = build_model(recipe.model, num_classes=recipe.num_classes)
+    path = root.parent / "checkpoint.pt"
+    ckpt.save_atomic({"model": model.state_dict(), "recipe": recipe.to_dict(), "step": 0}, path)
+    return root, parquet, path
+
+
+@pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
+@pytest.mark.parametrize("mode,extra", [("whole", []), ("slide", ["--slide-crop", "48", "--slide-stride", "32"]),
+                                        ("ms-flip", [])])
+def test_cli_eval_modes_folder_and_parquet_agree(eval_setup, tmp_path, mode, extra, capsys):
+    root, parquet, checkpoint = eval_setup
+    args = ["eval", "--checkpoint", str(checkpoint), "--mode", mode, *extra, "--device", "cpu"]
+    assert cli_main([*args, "--data", str(root), "--out", str(tmp_path)]) == 0
+    assert f"mode {mode}" in capsys.readouterr().out
+    record = json.loads((tmp_path / f"eval_{mode}.json").read_text())
+    assert (tmp_path / f"class_iou_{mode}.png").stat().st_size > 0
+    assert record["settings"]["mode"] == mode and len(record["IoU"]) == 150
+
+    model, settings, _ = load_model(checkpoint, device="cpu")
+    crop, stride = (48, 32) if mode == "slide" else (None, None)
+    val = open_dataset(root, "validation", transforms=test_transforms(64, 32))
+    direct = evaluate(model, val, 150, mode=mode, crop_size=crop, stride=stride, progress=False)
+    assert record["mIoU"] == pytest.approx(direct["mIoU"]) and record["aAcc"] == pytest.approx(direct["aAcc"])
+
+    assert cli_main([*args, "--data", str(parquet), "--out", str(tmp_path / "pq")]) == 0
+    from_parquet = json.loads((tmp_path / "pq" / f"eval_{mode}.json").read_text())
+    assert from_parquet["IoU"] == record["IoU"] and from_parquet["aAcc"] == record["aAcc"]
+
+
+def test_cli_eval_errors(eval_setup, tmp_path, capsys):
+    root, _, checkpoint = eval_setup
+    (tmp_path / "classes.txt").write_text("a\nb\n")
+    assert cli_main(["eval", "--checkpoint", str(checkpoint), "--data", str(root),
+                     "--classes", str(tmp_path / "classes.txt")]) == 2
+    assert "2 class names given but the model predicts 150" in capsys.readouterr().err
+    assert cli_main(["eval", "--checkpoint", str(checkpoint), "--data", str(root), "--mode", "slide"]) == 2
+    assert "needs a crop and a stride" in capsys.readouterr().err
+    assert cli_main(["eval", "--checkpoint", str(checkpoint), "--data", str(tmp_path / "nothing.parquet")]) == 2
+    assert "nothing.parquet" in capsys.readouterr().err

@@ -1,0 +1,125 @@
+"""segedu predict end to end on images this test writes: a training checkpoint and a public
+(transformers save_pretrained) checkpoint; masks at the original resolution; clear errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision.io import ImageReadMode, decode_image, encode_jpeg, encode_png, write_file
+
+from segedu import checkpoint as ckpt
+from segedu.cli import main as cli_main
+from segedu.data import ADE20K_PALETTE, test_transforms
+from segedu.predict import TestSettings, load_model, predict_files, predict_mask
+from segedu.recipes import RECIPES
+from segedu.registry import build_model
+from segedu.viz import colorize, overlay, palette_for
+
+pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
+
+SIZES = {"street.jpg": (37, 53), "room.png": (30, 41), "grey.png": (25, 25)}
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    g = torch.Generator().manual_seed(0)
+    for name, (h, w) in SIZES.items():
+        channels = 1 if name.startswith("grey") else 3
+        pixels = torch.randint(0, 256, (channels, h, w), dtype=torch.uint8, generator=g)
+        write_file(str(folder / name), encode_jpeg(pixels) if name.endswith(".jpg") else encode_png(pixels))
+    return [folder / name for name in SIZES]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A segedu training checkpoint of a (randomly initialised) SegFormer-B0 with 7 classes."""
+    torch.manual_seed(0)
+    recipe = RECIPES["synthetic"].with_overrides(num_classes=7, test_short_side=64, test_size_divisor=32)
+    model = build_model(recipe.model, num_classes=7)
+    path = tmp_path_factory.mktemp("run") / "checkpoint.pt"
+    ckpt.save_atomic({"model": model.state_dict(), "recipe": recipe.to_dict(), "step": 0}, path)
+    return path
+
+
+def _read(path):
+    return decode_image(str(path), mode=ImageReadMode.UNCHANGED)
+
+
+def test_predict_from_a_training_checkpoint(trained, images, tmp_path, capsys):
+    assert cli_main(["predict", "--checkpoint", str(trained), *map(str, images), "--out", str(tmp_path),
+                     "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    model, settings, facts = load_model(trained, device="cpu")
+    assert settings == TestSettings(64, 32, "whole") and facts["num_classes"] == 7
+    palette = palette_for(7)
+    for path in images:
+        h, w = SIZES[path.name]
+        mask = _read(tmp_path / f"{path.stem}_mask.png")
+        assert mask.shape == (1, h, w) and mask.dtype == torch.uint8 and int(mask.max()) < 7
+        image = decode_image(str(path), mode=ImageReadMode.RGB)
+        expected = predict_mask(model, image, settings, 7)
+        assert torch.equal(mask[0].long(), expected)
+        assert torch.equal(_read(tmp_path / f"{path.stem}_color.png"), colorize(expected, palette).permute(2, 0, 1))
+        assert torch.equal(_read(tmp_path / f"{path.stem}_overlay.png"), overlay(image, expected, palette))
+        assert str(path) in printed
+    assert palette[:7] == list(ADE20K_PALETTE[:7])
+
+
+def test_predict_with_a_public_checkpoint(images, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(1)
+    hf = transformers.SegformerForSemanticSegmentation(transformers.SegformerConfig(num_labels=19)).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    out = tmp_path / "out"
+    assert cli_main(["predict", "--model", "segformer-b0", "--weights", str(tmp_path / "hf"), "--source",
+                     "transformers", str(images[0]), "--out", str(out), "--device", "cpu"]) == 0
+    model, settings, facts = load_model(name="segformer-b0", weights=tmp_path / "hf", device="cpu")
+    assert facts["num_classes"] == 19 and settings == TestSettings(512, 32, "whole")  # SegFormer's test setting
+    image = decode_image(str(images[0]), mode=ImageReadMode.RGB)
+    # The transformers model on the same normalised, resized input gives the same label map.
+    x, _ = test_transforms(512, 32)(image, torch.zeros(image.shape[1:], dtype=torch.int64))
+    x = x[None]  # [1, 3, 512, 736]
+    with torch.no_grad():
+        ref = torch.nn.functional.interpolate(hf(pixel_values=x).logits, size=image.shape[1:], mode="bilinear",
+                                              align_corners=False).argmax(1)[0]
+    mask = _read(out / "street_mask.png")[0].long()
+    assert mask.shape == SIZES["street.jpg"]
+    assert (mask == ref).float().mean() > 0.99  # equal up to float ties
+
+
+@pytest.mark.parametrize("mode,extra", [("slide", ["--slide-crop", "32", "--slide-stride", "21"]), ("ms-flip", [])])
+def test_predict_other_test_modes(trained, images, tmp_path, mode, extra):
+    assert cli_main(["predict", "--checkpoint", str(trained), str(images[0]), "--out", str(tmp_path),
+                     "--device", "cpu", "--mode", mode, *extra]) == 0
+    assert _read(tmp_path / "street_mask.png").shape == (1, *SIZES["street.jpg"])
+
+
+def test_paper_test_settings():
+    assert TestSettings.for_paper("setr-pup") == TestSettings(512, None, "slide", 512, 341)
+    assert TestSettings.for_paper("segformer-b5") == TestSettings(640, 32, "whole")
+    assert TestSettings.for_paper("segnext-t") == TestSettings(512, 32, "whole")
+    assert TestSettings.for_paper("ssformer-swin-t") == TestSettings(512, None, "whole")
+    with pytest.raises(ValueError, match="needs a crop and a stride"):
+        TestSettings(mode="slide")
+
+
+def test_missing_and_corrupt_images_are_named(trained, images, tmp_path, capsys):
+    assert cli_main(["predict", "--checkpoint", str(trained), str(images[0]), str(tmp_path / "nowhere.jpg"),
+                     "--out", str(tmp_path / "out")]) == 2
+    assert "nowhere.jpg" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "street_mask.png").exists()  # checked before any work
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
+    model, settings, facts = load_model(trained, device="cpu")
+    with pytest.raises(RuntimeError, match="broken.jpg"):
+        predict_files(model, [tmp_path / "broken.jpg"], tmp_path / "out", settings, facts["num_classes"])
+    with pytest.raises(ValueError, match="named \\['street'\\]"):
+        predict_files(model, [images[0], images[0]], tmp_path / "out", settings, facts["num_classes"])
+
+
+def test_model_arguments_are_checked(trained, images, tmp_path, capsys):
+    assert cli_main(["predict", str(images[0]), "--out", str(tmp_path)]) == 2
+    assert "--checkpoint" in capsys.readouterr().err
+    assert cli_main(["predict", "--checkpoint", str(trained), "--weights", "x", "--model", "segformer-b0",
+                     str(images[0]), "--out", str(tmp_path)]) == 2
+    assert cli_main(["predict", "--checkpoint", str(tmp_path / "none.pt"), str(images[0]), "--out", str(tmp_path)]) == 2
+    assert "none.pt" in capsys.readouterr().err
