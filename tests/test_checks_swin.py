@@ -98,6 +98,21 @@ def test_shifted_window_attention_mistakes():
         checks.check_shifted_window_attention(attention_with(mask=False))
     with pytest.raises(AssertionError, match="not rolled back"):
         checks.check_shifted_window_attention(attention_with(roll_back=False))
+    with pytest.raises(AssertionError, match="never rolled"):
+        checks.check_shifted_window_attention(attention_with(roll=0))
+
+
+def test_regular_windows_take_no_mask():
+    def masked_regular_windows(x, attn, ws, shift):
+        if shift:
+            return attention_with()(x, attn, ws, shift)
+        H, W = x.shape[1:3]
+        windows = rearrange(ssf.window_partition(x, ws), "n wh ww c -> n (wh ww) c")
+        windows = attn(windows, ssf.shift_window_mask(H, W, ws, max(ws // 2, 1)))
+        return ssf.window_reverse(rearrange(windows, "n (wh ww) c -> n wh ww c", wh=ws), ws, H, W)
+
+    with pytest.raises(AssertionError, match="shift=0.*no mask is used"):
+        checks.check_shifted_window_attention(masked_regular_windows)
 
 
 # ---------------------------------------------------------------------------- patch merging
@@ -109,7 +124,7 @@ class MergeRowMajor(ssf.PatchMerging):
 
 class MergeUnfold(ssf.PatchMerging):
     def forward(self, x):
-        B, H, W, C = x.shape
+        H = x.shape[1]
         cols = nn.functional.unfold(rearrange(x, "b h w c -> b c h w"), 2, stride=2)  # [B, 4C, N]
         x = rearrange(cols, "b k (h w) -> b h w k", h=H // 2)
         return self.reduction(self.norm(x))

@@ -131,11 +131,12 @@ def check_shifted_window_attention(fn: Callable) -> None:
              lambda: f(mask=False)),
             (f"the result is not rolled back: after window_reverse, torch.roll(x, shifts=({shift}, {shift}), "
              f"dims=(1, 2)) puts every token back in its place.", lambda: f(roll_back=False)),
-            ("with shift == 0 (W-MSA) no mask is used; the mask only separates the pieces the roll brought "
-             "together.", lambda: f(mask=True) if shift else _shift0_with_mask(x, attn, ws)),
             ("the mask is passed but the map is never rolled: SW-MSA rolls by -shift before the windows and "
              "by +shift after them.", lambda: _unrolled_with_mask(x, attn, ws, shift)),
         ]
+        if not shift:
+            candidates.append(("with shift == 0 (W-MSA) no mask is used; the mask only separates the pieces the "
+                               "roll brought together.", lambda: _shift0_with_mask(x, attn, ws)))
         _diagnose(f"{where} ({H}x{W}, ws={ws}, shift={shift}, heads={heads})", out, expected, candidates,
                   "Expected roll(-shift) -> window_partition -> attn(windows, mask) -> window_reverse -> "
                   "roll(+shift).")
