@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torchvision import tv_tensors
-from torchvision.io import encode_jpeg, encode_png, write_file
+from torchvision.io import ImageReadMode, encode_jpeg, encode_png, write_file
 
 from segedu.data import ade20k, synthetic
 from segedu.data import transforms as T
@@ -340,3 +340,35 @@ def test_normalize_round_trip():
     assert torch.equal(T.denormalize(out_image), image)
     expected = (image[0].float() - T.IMAGENET_MEAN[0]) / T.IMAGENET_STD[0]
     assert torch.allclose(out_image[0], expected)
+
+
+# ----------------------------------------------------------------------------
+# Class lists, decoding errors
+# ----------------------------------------------------------------------------
+def test_read_and_resolve_classes(tmp_path):
+    (tmp_path / "classes.txt").write_text("sky\n\n  road \ncar\n")
+    assert ade20k.read_classes(tmp_path / "classes.txt") == ("sky", "road", "car")
+    (tmp_path / "empty.txt").write_text("\n")
+    with pytest.raises(ValueError, match="empty"):
+        ade20k.read_classes(tmp_path / "empty.txt")
+    assert ade20k.resolve_classes(150, None) == ade20k.ADE20K_CLASSES
+    assert ade20k.resolve_classes(3, None) == ("class_0", "class_1", "class_2")
+    assert ade20k.resolve_classes(150, ["a", "b"]) == ("a", "b")  # given names fix the count
+
+
+def test_decode_names_missing_and_corrupt_sources(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.jpg"):
+        ade20k.decode(tmp_path / "nope.jpg", ImageReadMode.RGB)
+    with pytest.raises(RuntimeError, match="row 3"):
+        ade20k.decode(b"garbage", ImageReadMode.RGB, where="row 3")
+    png = encode_png(torch.arange(6, dtype=torch.uint8).view(1, 2, 3))
+    assert ade20k.decode(bytes(png.numpy()), ImageReadMode.UNCHANGED).tolist() == [[[0, 1, 2], [3, 4, 5]]]
+
+
+def test_prepare_mask_reduces_and_audits():
+    raw = torch.tensor([[[0, 1, 3]]], dtype=torch.uint8)
+    assert ade20k.prepare_mask(raw, 150, True, "m").tolist() == [[255, 0, 2]]
+    with pytest.raises(ValueError, match=r"m: label values \[3\]"):
+        ade20k.prepare_mask(raw, 3, False, "m")
+    with pytest.raises(ValueError, match="single-channel"):
+        ade20k.prepare_mask(raw.expand(3, 1, 3), 150, True, "m")

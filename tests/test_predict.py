@@ -2,6 +2,7 @@
 (transformers save_pretrained) checkpoint; masks at the original resolution; clear errors."""
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import pytest
 import torch
 from torchvision.io import ImageReadMode, decode_image, encode_jpeg, encode_png, write_file
@@ -12,7 +13,7 @@ from segedu.data import ADE20K_PALETTE, test_transforms
 from segedu.predict import TestSettings, load_model, predict_files, predict_mask
 from segedu.recipes import RECIPES
 from segedu.registry import build_model
-from segedu.viz import colorize, overlay, palette_for
+from segedu.viz import colorize, overlay, palette_for, plot_class_iou
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
 
@@ -123,3 +124,27 @@ def test_model_arguments_are_checked(trained, images, tmp_path, capsys):
                      str(images[0]), "--out", str(tmp_path)]) == 2
     assert cli_main(["predict", "--checkpoint", str(tmp_path / "none.pt"), str(images[0]), "--out", str(tmp_path)]) == 2
     assert "none.pt" in capsys.readouterr().err
+
+
+def test_overlay_blends_labelled_pixels_only():
+    image = torch.full((3, 2, 2), 100, dtype=torch.uint8)
+    mask = torch.tensor([[0, 1], [255, 0]])
+    palette = [(200, 0, 0), (0, 0, 0)]
+    out = overlay(image, mask, palette, alpha=0.5)
+    assert out[:, 0, 0].tolist() == [150, 50, 50] and out[:, 0, 1].tolist() == [50, 50, 50]
+    assert out[:, 1, 0].tolist() == [100, 100, 100]  # ignored: the image shows through
+    with pytest.raises(ValueError, match="differ in size"):
+        overlay(image, mask[:1], palette)
+
+
+def test_palette_for_extends_the_ade20k_palette():
+    big = palette_for(160)
+    assert len(big) == 160 and big[:150] == list(ADE20K_PALETTE) and big == palette_for(160)
+
+
+def test_plot_class_iou_skips_undefined_classes(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(plt.Axes, "barh", lambda self, names, values, **kw: calls.append((list(names), list(values))))
+    plot_class_iou({"IoU": [0.5, float("nan"), 0.9], "mIoU": 0.7}, ["a", "b", "c"], tmp_path / "bars.png")
+    assert calls == [(["c", "a"], [0.9, 0.5])]  # best first, the NaN class left out
+    assert (tmp_path / "bars.png").stat().st_size > 0
