@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from . import distributed
-from .data import SegmentationFolder, test_transforms, train_transforms
+from .data import open_dataset, test_transforms, train_transforms
 from .evaluate import evaluate
 from .logs import plot_log
 from .losses import check_labels, total_loss
@@ -120,7 +120,7 @@ def train(recipe: Recipe, data_root: str | Path, out_dir: str | Path, seed: int 
           progress: bool = True, stop_after: int | None = None, micro_batch: int | None = None,
           channels_last: bool = False, compile: bool = False, grad_checkpointing: bool = False,
           loss_chunk_rows: int | None = None) -> TrainResult:
-    """Train ``recipe.model`` on an ADE20K-layout folder; returns the final validation metrics.
+    """Train ``recipe.model`` on the data set ``data_root`` names; returns the final validation metrics.
 
     Writes to ``out_dir`` (rank 0 only): ``checkpoint.pt`` (model, optimiser, schedule, RNG, step),
     ``metrics.jsonl`` and ``curves.png``. ``stop_after=n`` stops after n iterations of this call with a
@@ -150,11 +150,12 @@ def _train(recipe, data_root, out_dir, ctx, seed, resume, num_workers, amp, prog
         out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)  # the same seed on every process: the same initial weights
 
-    train_set = SegmentationFolder(data_root, "training", reduce_zero_label=recipe.reduce_zero_label,
-                                   num_classes=recipe.num_classes)
-    val_set = SegmentationFolder(data_root, "validation", reduce_zero_label=recipe.reduce_zero_label,
-                                 num_classes=recipe.num_classes,
-                                 transforms=test_transforms(recipe.test_short_side, recipe.test_size_divisor))
+    # data_root: an ADE20K-layout folder, parquet, save_to_disk folder or hub id (segedu.data.open_dataset)
+    train_set = open_dataset(data_root, "training", reduce_zero_label=recipe.reduce_zero_label,
+                             num_classes=recipe.num_classes)
+    val_set = open_dataset(data_root, "validation", reduce_zero_label=recipe.reduce_zero_label,
+                           num_classes=recipe.num_classes,
+                           transforms=test_transforms(recipe.test_short_side, recipe.test_size_divisor))
     augment = train_transforms(recipe.crop_size, scale=recipe.scale, ratio_range=recipe.ratio_range,
                                cat_max_ratio=recipe.cat_max_ratio)
 
