@@ -93,9 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--root", default="data/synthetic")
     d.set_defaults(func=_cmd_data)
 
-    t = sub.add_parser("train", help="train a model on an ADE20K-layout folder (torchrun for several GPUs)")
+    t = sub.add_parser("train", help="train a model with a published recipe (torchrun for several GPUs)")
     t.add_argument("--model", default=None, help="model name (default: the recipe's; segformer-b0 without --config)")
-    t.add_argument("--data", required=True, help="folder with images/ and annotations/")
+    t.add_argument("--data", required=True,
+                   help="ADE20K-layout folder, parquet file or folder, save_to_disk folder, or hub id")
     t.add_argument("--config", help="recipe name or a recipe .json file (default: <model>-ade20k); see segedu.recipes")
     t.add_argument("--iters", type=int)
     t.add_argument("--batch-size", type=int, help="micro-batch per process; the recipe's total batch is reached "
