@@ -34,6 +34,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import sys
@@ -67,6 +68,8 @@ def nbgrader_config(course: Path, timeout: int = DEFAULT_TIMEOUT):
     c = Config()
     c.CourseDirectory.root = str(Path(course).resolve())
     c.Execute.timeout = timeout
+    c.Execute.error_on_timeout = {"ename": "CellTimeoutError", "evalue": f"the cell ran longer than {timeout} s",
+                                  "traceback": [f"CellTimeoutError: the cell ran longer than {timeout} s"]}
     c.Execute.extra_arguments = ["--HistoryManager.enabled=False", f"--IPKernelApp.exec_lines={_KERNEL_STARTUP}"]
     c.ClearSolutions.enforce_metadata = True  # a solution region outside a solution cell is an error
     return c
@@ -185,6 +188,9 @@ def _copy_submissions(submissions: Path, course: Path, released: set[str]) -> di
     handed_in: dict[str, set[str]] = {}
     for student_dir in students:
         student = student_dir.name
+        if not re.fullmatch(r"[\w.@-]+", student):
+            raise ValueError(f"student folder {student!r}: its name becomes the student id in nbgrader, so use only "
+                             f"letters, digits and . _ - @ (no spaces)")
         handed_in[student] = set()
         for nb in sorted(student_dir.rglob("*.ipynb")):
             if ".ipynb_checkpoints" in nb.parts:
@@ -219,7 +225,9 @@ def failure_messages(notebook: Path) -> dict[str, str]:
     messages, pending = {}, ""
     for cell in cells:
         meta = cell.get("metadata", {}).get("nbgrader", {})
-        error = next((_first_line(o) for o in cell.get("outputs", []) if o.get("output_type") == "error"), "")
+        errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+        errors.sort(key=lambda o: o.get("ename") != "CellTimeoutError")  # a timeout explains its KeyboardInterrupt
+        error = _first_line(errors[0]) if errors else ""
         if meta.get("solution") and error and not pending:
             pending = error
         if meta.get("grade") and cell["cell_type"] == "code":
@@ -312,12 +320,17 @@ def write_gradebook(grades: list[Grade], out: Path) -> tuple[Path, Path]:
     return csv_path, md_path
 
 
+def _short(exercise: str) -> str:
+    """check05b-mix-ffn -> 05b-mix-ffn (column names of the table)."""
+    return exercise.removeprefix("check").lstrip("-_") or exercise
+
+
 def gradebook_table(grades: list[Grade]) -> str:
     """A Markdown table (rows: students, columns: exercises, cells: points) and the failures under it."""
     exercises = list(dict.fromkeys(g.exercise for g in grades))
     students = list(dict.fromkeys(g.student for g in grades))
     by_key = {(g.student, g.exercise): g for g in grades}
-    short = [e.removeprefix("check") for e in exercises]
+    short = [_short(e) for e in exercises]
     lines = ["| student | " + " | ".join(short) + " | total |", "|---" * (len(exercises) + 2) + "|"]
     available = [next(g.max_points for g in grades if g.exercise == e) for e in exercises]
     lines.append("| *out of* | " + " | ".join(f"{p:g}" for p in available) + f" | {sum(available):g} |")
@@ -327,7 +340,7 @@ def gradebook_table(grades: list[Grade]) -> str:
     failures = [g for g in grades if g.failure]
     lines.append("")
     lines.append("First failure per student and exercise:" if failures else "No failures.")
-    lines += [f"- {g.student} · {g.exercise.removeprefix('check')}: {g.failure[:300]}" for g in failures]
+    lines += [f"- {g.student} · {_short(g.exercise)}: {g.failure[:300]}" for g in failures]
     return "\n".join(lines) + "\n"
 
 

@@ -156,6 +156,51 @@ def test_grading_refuses_a_folder_without_course_notebooks(course, tmp_path):
     (tmp_path / "ann" / "Untitled.ipynb").write_text("{}")
     with pytest.raises(ValueError, match="no course notebook"):
         autograde(tmp_path, course, NOTEBOOKS)
+    (tmp_path / "ann smith").mkdir()
+    with pytest.raises(ValueError, match="'ann smith'.*no spaces"):
+        autograde(tmp_path, course, NOTEBOOKS)
+
+
+def test_timeouts_hidden_tests_and_missing_notebooks_on_a_tiny_course(tmp_path):
+    """A two-exercise notebook without torch code: cheap enough to try what the course notebooks cannot."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    def cell(source, tag, **nbgrader):
+        meta = {"nbgrader": {"schema_version": 3, "task": False, **nbgrader}, "tags": [tag]}
+        return new_code_cell(source, metadata=meta)
+
+    exercise = dict(solution=True, grade=False, locked=False)
+    check = dict(solution=False, grade=True, locked=True)
+    nb = new_notebook(cells=[
+        cell("def double(x):\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION", "exercise",
+             grade_id="ex-double", **exercise),
+        cell("assert double(2) == 4\n### BEGIN HIDDEN TESTS\nassert double(-1) == -2, 'negative numbers'\n"
+             "### END HIDDEN TESTS", "check", grade_id="check-double", points=1, **check),
+        cell("def one():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION", "exercise",
+             grade_id="ex-one", **exercise),
+        cell("assert one() == 1", "check", grade_id="check-one", points=2, **check),
+    ], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    (tmp_path / "notebooks").mkdir()
+    nbformat.write(nb, tmp_path / "notebooks" / "tiny.ipynb")
+    generate_assignments(tmp_path / "notebooks", tmp_path / "course")
+
+    # zed passes the visible check but not the hidden one, and the second solution never returns.
+    nb.cells[0].source = "def double(x):\n    return 2 * x if x > 0 else 0"
+    nb.cells[2].source = "def one():\n    import time\n    time.sleep(120)\n    return 1"
+    for student in ("zed", "yan"):
+        (tmp_path / "subs" / student).mkdir(parents=True)
+    nbformat.write(nb, tmp_path / "subs" / "zed" / "tiny.ipynb")
+    (tmp_path / "subs" / "yan" / "Untitled.ipynb").write_text("{}")  # yan handed in nothing usable
+
+    grades = {(g.student, g.exercise): g for g in autograde(tmp_path / "subs", tmp_path / "course",
+                                                               tmp_path / "notebooks", timeout=5)}
+    assert (grades["zed", "check-double"].points, grades["zed", "check-double"].max_points) == (0, 1)
+    assert grades["zed", "check-double"].failure == "AssertionError: negative numbers"
+    assert (grades["zed", "check-one"].points, grades["zed", "check-one"].max_points) == (0, 2)
+    assert grades["zed", "check-one"].failure == "CellTimeoutError: the cell ran longer than 5 s"
+    assert all(grades["yan", c].points == 0 and grades["yan", c].failure == "not submitted"
+               for c in ("check-double", "check-one"))
 
 
 # ----------------------------------------------------------------------------------------------
