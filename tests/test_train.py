@@ -282,3 +282,17 @@ def test_cli_train_with_micro_batch_and_speed_flags(tiny_data, tmp_path, monkeyp
     assert cli_main(args) == 0
     assert ckpt.load(tmp_path / "checkpoint.pt")["step"] == 2
     assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_training_log_plots(tmp_path):
+    from segedu.logs import moving_average, plot_log, read_log
+    assert moving_average([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    log = tmp_path / "metrics.jsonl"
+    records = [{"kind": "train", "step": s, "loss": 3.0 / s, "lr": 1e-3 * (1 - s / 40), "seconds": s} for s in (10, 20, 30)]
+    records.append({"kind": "val", "step": 30, "mIoU": 0.4, "mAcc": 0.5, "aAcc": 0.8, "IoU": [0.4]})
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    train_records, val_records = read_log(log)
+    assert [r["step"] for r in train_records] == [10, 20, 30] and val_records[0]["mIoU"] == 0.4
+    assert plot_log(log, tmp_path / "curves.png").stat().st_size > 0
+    with pytest.raises(FileNotFoundError, match="training log .* does not exist"):
+        read_log(tmp_path / "missing.jsonl")
