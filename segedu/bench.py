@@ -25,6 +25,7 @@ neighbours as much as the model.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
@@ -32,11 +33,11 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -111,8 +112,8 @@ class Implementation:
     predict: Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
 
-def _segedu_loss(model, images, labels):
-    return total_loss(model.forward_train(images), labels, model.aux_weights)
+def _segedu_loss(model, images, labels, chunk_rows=None):
+    return total_loss(model.forward_train(images), labels, model.aux_weights, chunk_rows=chunk_rows)
 
 
 def _segedu_predict(model, images):
@@ -168,17 +169,26 @@ def hf_swin(name: str, size: int) -> nn.Module:
     return transformers.SwinModel(config, add_pooling_layer=False)
 
 
-def implementations(name: str, size: int, num_classes: int = 150,
-                    hf: bool = True) -> tuple[list[Implementation], str | None]:
+def _build_segedu(name: str, num_classes: int, grad_checkpointing: bool) -> nn.Module:
+    model = build_model(name, num_classes=num_classes)
+    if grad_checkpointing:
+        model.set_grad_checkpointing()  # recompute encoder blocks in the backward pass (less memory)
+    return model
+
+
+def implementations(name: str, size: int, num_classes: int = 150, hf: bool = True,
+                    loss_chunk_rows: int | None = None,
+                    grad_checkpointing: bool = False) -> tuple[list[Implementation], str | None]:
     """segedu's ``name`` and, when ``hf`` and one exists, its transformers counterpart; plus a note saying why
     there is no counterpart, if there is none.
 
     SSformer has no transformers model, but its Swin encoder does: then the list is the full segedu model,
-    the segedu encoder alone and ``SwinModel`` (compare the last two).
+    the segedu encoder alone and ``SwinModel`` (compare the last two). ``loss_chunk_rows`` and
+    ``grad_checkpointing`` are the memory options of ``segedu train``; they apply to the segedu side.
     """
     spec = get_spec(name)
-    ours = Implementation("segedu", partial(build_model, name, num_classes=num_classes), _segedu_loss,
-                          _segedu_predict)
+    build = partial(_build_segedu, name, num_classes, grad_checkpointing)
+    ours = Implementation("segedu", build, partial(_segedu_loss, chunk_rows=loss_chunk_rows), _segedu_predict)
     if not hf:
         return [ours], "transformers comparison switched off"
     if spec.family == "segformer":
@@ -188,8 +198,7 @@ def implementations(name: str, size: int, num_classes: int = 150,
         smallest = 32 * spec.config["window_size"]
         if size < smallest:  # transformers shrinks the window on small maps, then fails on its bias table
             return [ours], f"transformers SwinModel needs an input of at least {smallest} px, got {size}"
-        encoder = Implementation("segedu encoder", lambda: build_model(name, num_classes=num_classes).encoder,
-                                 _encoder_loss, _encoder_predict)
+        encoder = Implementation("segedu encoder", lambda: build().encoder, _encoder_loss, _encoder_predict)
         return [ours, encoder, Implementation("transformers SwinModel", partial(hf_swin, name, size), _hf_swin_loss,
                                               _hf_swin_predict)], None
     return [ours], f"transformers has no {spec.family} model"
@@ -234,14 +243,22 @@ def _mfu(flops: int, ms: float, peak: float | None) -> float | None:
 
 def bench_implementation(impl: Implementation, device: torch.device, batch: int, size: int,
                          infer_batches: tuple[int, ...], steps: int, warmup: int, amp: bool, compile: bool,
-                         channels_last: bool, peak: float | None, num_classes: int = 150) -> dict:
-    """Training step and inference figures of one implementation (see the module docstring)."""
+                         channels_last: bool, peak: float | None, num_classes: int = 150,
+                         compile_mode: str = "default") -> dict:
+    """Training step and inference figures of one implementation (see the module docstring).
+
+    ``compile``: ``torch.compile`` the loss (forward + loss; AOTAutograd compiles the backward too) and the
+    prediction, with static shapes (one graph per batch size) and ``compile_mode`` ("reduce-overhead" adds
+    CUDA graphs, which matter for a launch-bound model such as B0).
+    """
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     autocast = partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=amp)
 
     # FLOPs on the meta device: shapes only, so counting a 16 x 512 x 512 step costs nothing.
     with torch.device("meta"):
         shadow = impl.build()
+        if hasattr(shadow, "set_grad_checkpointing"):
+            shadow.set_grad_checkpointing(False)  # model FLOPs: a recomputed forward is not useful work
         x = torch.empty(batch, 3, size, size)
         y = torch.empty(batch, size, size, dtype=torch.long)
         train_flops = count_flops(lambda: impl.loss(shadow.train(), x, y).backward())
@@ -255,7 +272,8 @@ def bench_implementation(impl: Implementation, device: torch.device, batch: int,
     params = sum(p.numel() for p in model.parameters())
     loss_fn, predict_fn = partial(impl.loss, model), partial(impl.predict, model)
     if compile:
-        loss_fn, predict_fn = torch.compile(loss_fn), torch.compile(predict_fn)
+        compiled = partial(torch.compile, dynamic=False, mode=compile_mode)
+        loss_fn, predict_fn = compiled(loss_fn), compiled(predict_fn)
     images = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
     labels = torch.randint(0, num_classes, (batch, size, size), device=device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=6e-5, weight_decay=0.01, fused=device.type == "cuda")
@@ -286,6 +304,8 @@ def bench_implementation(impl: Implementation, device: torch.device, batch: int,
         result.update(images_per_s=b / (result["ms"] * 1e-3), flops=infer_flops[b],
                       mfu=_mfu(infer_flops[b], result["ms"], peak))
         inference[str(b)] = result
+    if compile:
+        torch._dynamo.reset()  # drop the compiled graphs, which hold on to the model and its memory
     return {"implementation": impl.label, "class": f"{type(model).__module__}.{type(model).__name__}",
             "params": params, "train": train, "inference": inference}
 
@@ -324,13 +344,16 @@ def _speedups(results: list[dict]) -> dict | None:
 def bench_model(name: str, device: str | torch.device | None = None, batch: int | None = None,
                 size: int | None = None, infer_batches: tuple[int, ...] | None = None, steps: int | None = None,
                 warmup: int | None = None, amp: bool | None = None, compile: bool = False,
-                channels_last: bool = False, hf: bool = True, peak: float | None = None,
+                compile_mode: str = "default", channels_last: bool = False, loss_chunk_rows: int | None = None,
+                grad_checkpointing: bool = False, hf: bool = True, peak: float | None = None,
                 loader_images_per_s: float | None = None, num_classes: int = 150) -> dict:
     """Benchmark segedu's ``name`` (and its transformers counterpart) and return every figure.
 
     Defaults on a GPU: batch 16, the model's crop size, inference at batch 1 and 16, 20 steps after 5 warm-up
     steps, bf16 autocast. On the CPU: batch 2, 128 x 128, inference at batch 1 and 2, 3 steps after 1, fp32:
-    small enough to finish, and only the ratios mean anything. ``peak`` overrides the TFLOP/s of
+    small enough to finish, and only the ratios mean anything. ``compile``, ``channels_last``,
+    ``loss_chunk_rows`` and ``grad_checkpointing`` are the speed and memory options of ``segedu train``;
+    ``peak`` overrides the TFLOP/s of
     :data:`PEAK_BF16_TFLOPS`; ``loader_images_per_s`` (see :func:`bench_loader`) adds data to the projection.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -345,12 +368,12 @@ def bench_model(name: str, device: str | torch.device | None = None, batch: int 
     if min(batch, size, *infer_batches) < 1:
         raise ValueError(f"batch, size and inference batches must be positive, got {batch}, {size}, {infer_batches}")
     results = []
-    impls, note = implementations(name, size, num_classes, hf)
+    impls, note = implementations(name, size, num_classes, hf, loss_chunk_rows, grad_checkpointing)
     for impl in impls:
         # The transformers side is the eager baseline: it is never compiled.
         results.append(bench_implementation(impl, device, batch, size, infer_batches, steps, warmup, amp,
                                             compile and impl.label.startswith("segedu"), channels_last, peak,
-                                            num_classes))
+                                            num_classes, compile_mode))
         if gpu:
             torch.cuda.empty_cache()
     ours = results[0]
@@ -359,7 +382,9 @@ def bench_model(name: str, device: str | torch.device | None = None, batch: int 
         "device_name": torch.cuda.get_device_name(device) if gpu else platform.processor() or platform.machine(),
         "peak_tflops": peak,
         "settings": {"batch": batch, "size": size, "infer_batches": list(infer_batches), "steps": steps,
-                     "warmup": warmup, "bf16_autocast": amp, "compile": compile, "channels_last": channels_last,
+                     "warmup": warmup, "bf16_autocast": amp, "compile": compile_mode if compile else False,
+                     "channels_last": channels_last, "loss_chunk_rows": loss_chunk_rows,
+                     "grad_checkpointing": grad_checkpointing,
                      "clock": ours["train"]["clock"], "threads": torch.get_num_threads()},
         "results": results,
         "speedup_vs_transformers": _speedups(results),
@@ -388,30 +413,101 @@ def _b0_targets(report: dict) -> dict:
 # ----------------------------------------------------------------------------------------------------------
 # 5. The data path
 # ----------------------------------------------------------------------------------------------------------
+class DecodedCache(torch.utils.data.Dataset):
+    """The samples of a ``SegmentationFolder``, decoded once and kept as raw uint8 in memory-mapped files.
+
+    JPEG/PNG decoding is about a third of the CPU time of a training sample (``bench_loader``); reading a
+    decoded image back is a memory copy. Files in ``cache_dir``: ``images.u8`` (every image ``[3, H, W]``
+    one after another), ``masks.u8`` (every label map ``[H, W]`` after ``reduce_zero_label``, so 255 =
+    ignore) and ``index.json`` (written last: file stems, sizes, offsets, the folder's settings). The cache is
+    rebuilt when the folder's files or settings no longer match the index. DataLoader workers share the
+    files through the page cache. Items are what the folder returns: ``(uint8 [3, H, W], int64 [H, W])``,
+    then ``transforms(image, mask)`` if given. ADE20K training takes about 28 GB (20,210 images of about
+    512 x 683 x 4 bytes).
+    """
+
+    def __init__(self, folder, cache_dir: str | Path, transforms=None):
+        self.transforms = transforms
+        self.cache_dir = Path(cache_dir)
+        wanted = {"version": 1, "root": str(folder.root.resolve()), "split": folder.split,
+                  "reduce_zero_label": folder.reduce_zero_label, "num_classes": folder.num_classes,
+                  "stems": [p.stem for p in folder.images]}
+        index_path = self.cache_dir / "index.json"
+        try:
+            index = json.loads(index_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            index = None
+        self.built = index is None or {k: index.get(k) for k in wanted} != wanted
+        if self.built:
+            index = self._build(folder, wanted)
+        self.sizes = index["sizes"]  # [(H, W), ...]
+        self.image_offsets = index["image_offsets"]
+        self.mask_offsets = index["mask_offsets"]
+        self.images = np.memmap(self.cache_dir / "images.u8", dtype=np.uint8, mode="r")
+        self.masks = np.memmap(self.cache_dir / "masks.u8", dtype=np.uint8, mode="r")
+
+    def _build(self, folder, wanted: dict) -> dict:
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        (self.cache_dir / "index.json").unlink(missing_ok=True)  # a half-written cache is never taken as valid
+        sizes, image_offsets, mask_offsets = [], [0], [0]
+        transforms, folder.transforms = folder.transforms, None  # cache the decoded, untransformed sample
+        try:
+            with open(self.cache_dir / "images.u8", "wb") as fi, open(self.cache_dir / "masks.u8", "wb") as fm:
+                for i in range(len(folder)):
+                    image, mask = folder[i]  # uint8 [3, H, W], int64 [H, W] (audited)
+                    fi.write(image.numpy().tobytes())
+                    fm.write(mask.to(torch.uint8).numpy().tobytes())
+                    sizes.append(list(mask.shape))
+                    image_offsets.append(image_offsets[-1] + image.numel())
+                    mask_offsets.append(mask_offsets[-1] + mask.numel())
+        finally:
+            folder.transforms = transforms
+        index = {**wanted, "sizes": sizes, "image_offsets": image_offsets, "mask_offsets": mask_offsets}
+        (self.cache_dir / "index.json").write_text(json.dumps(index))
+        return index
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        h, w = self.sizes[i]
+        image = torch.from_numpy(self.images[self.image_offsets[i]:self.image_offsets[i + 1]].copy()).view(3, h, w)
+        mask = torch.from_numpy(self.masks[self.mask_offsets[i]:self.mask_offsets[i + 1]].copy()).view(h, w).long()
+        if self.transforms is not None:
+            image, mask = self.transforms(image, mask)
+        return image, mask
+
+
 def bench_loader(root: str | Path | None = None, images: int = 64, image_size: tuple[int, int] = (512, 683),
-                 crop: int = 512, passes: int = 1, workers: int = 0, batch: int = 16,
+                 crop: int = 512, passes: int = 1, workers: int = 0, batch: int = 16, cache: bool = False,
                  target_images_per_s: float | None = None, seed: int = 0) -> dict:
     """Samples/s of the real training pipeline per DataLoader worker, and the workers a GPU would need.
 
     ``root`` is an ADE20K-layout folder; without one, ``images`` synthetic scenes of ``image_size`` (H, W;
     ADE20K's typical 512 x 683) are written to a temporary folder as JPEG + PNG. Each sample is decoded as
-    ``SegmentationFolder`` does and put through ``train_transforms(crop)`` step by step in this process with one
-    thread, as a worker runs; the CPU time of every step is reported. ``workers > 0`` also times a real
-    ``DataLoader`` (wall clock). ``target_images_per_s`` defaults to 16 images per 15 ms (the B0 H100 target).
+    ``SegmentationFolder`` does (``cache=True``: read back from a :class:`DecodedCache` instead) and put
+    through ``train_transforms(crop)`` step by step in this process with one thread, as a worker runs; the
+    CPU time of every step is reported. ``workers > 0`` also times a real ``DataLoader`` (wall clock).
+    ``target_images_per_s`` defaults to 16 images per 15 ms (the B0 H100 target).
     """
     from torchvision import tv_tensors
 
     from .data import SegmentationFolder, generate, train_transforms
 
+    if passes < 1 or images < 1:
+        raise ValueError(f"passes and images must be at least 1, got passes={passes}, images={images}")
     target = target_images_per_s or 16 / (B0_TARGETS["step_ms"] * 1e-3)
     with tempfile.TemporaryDirectory() as tmp:
         where = "temporary synthetic folder" if root is None else str(root)
         if root is None:
             root = generate(Path(tmp) / "ade", n_train=images, n_val=0, size=image_size, seed=seed)
         dataset = SegmentationFolder(root, "training")
+        if cache:
+            dataset = DecodedCache(dataset, Path(tmp) / "cache")
+        first_stage = "read cache" if cache else "decode"
         pipeline = train_transforms(crop)
         stages = pipeline.transforms.transforms
-        cpu = {"decode": 0.0, **{type(s).__name__: 0.0 for s in stages}}
+        cpu = {first_stage: 0.0, **{type(s).__name__: 0.0 for s in stages}}
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # a DataLoader worker runs single-threaded
         torch.manual_seed(seed)
@@ -419,9 +515,9 @@ def bench_loader(root: str | Path | None = None, images: int = 64, image_size: t
             for _ in range(passes):
                 for i in range(len(dataset)):
                     t = time.process_time()
-                    sample = tuple(dataset[i])
-                    cpu["decode"] += time.process_time() - t
-                    sample = (tv_tensors.Image(sample[0]), tv_tensors.Mask(sample[1]))
+                    image, mask = dataset[i]
+                    cpu[first_stage] += time.process_time() - t
+                    sample = (tv_tensors.Image(image), tv_tensors.Mask(mask))
                     for stage in stages:
                         t = time.process_time()
                         sample = stage(*sample)
@@ -431,7 +527,8 @@ def bench_loader(root: str | Path | None = None, images: int = 64, image_size: t
         n = passes * len(dataset)
         per_worker = n / sum(cpu.values())
         result = {
-            "root": where, "samples": n, "image_size": list(dataset[0][0].shape[1:]), "crop": crop,
+            "root": where, "source": "pre-decoded uint8 cache" if cache else "JPEG/PNG decode", "samples": n,
+            "image_size": list(dataset[0][0].shape[1:]), "crop": crop,
             "cpu_ms_per_sample": {k: v * 1e3 / n for k, v in cpu.items()},
             "samples_per_s_per_worker": per_worker,
             "target_images_per_s": target,
@@ -439,8 +536,8 @@ def bench_loader(root: str | Path | None = None, images: int = 64, image_size: t
             "cpu_cores_here": os.cpu_count(),
         }
         if workers > 0:
-            result["dataloader"] = _time_dataloader(SegmentationFolder(root, "training", transforms=pipeline),
-                                                    workers, batch)
+            dataset.transforms = pipeline
+            result["dataloader"] = _time_dataloader(dataset, workers, batch)
     return result
 
 
@@ -478,8 +575,11 @@ def _fmt(value, spec: str = ".1f") -> str:
 def format_model(report: dict) -> str:
     """A readable table of :func:`bench_model`'s report."""
     s = report["settings"]
-    mode = " + ".join(m for m, on in (("bf16 autocast", s["bf16_autocast"]), ("compile", s["compile"]),
-                                      ("channels_last", s["channels_last"])) if on) or "fp32 eager"
+    options = (("bf16 autocast", s["bf16_autocast"]), (f"compile ({s['compile']})", s["compile"]),
+               ("channels_last", s["channels_last"]), (f"loss in bands of {s['loss_chunk_rows']} rows",
+                                                       s["loss_chunk_rows"]),
+               ("activation checkpointing", s["grad_checkpointing"]))
+    mode = " + ".join(m for m, on in options if on) or "fp32 eager"
     b = [str(x) for x in s["infer_batches"]]
     head = (["implementation", "params (M)", "train step (ms)", "train img/s", "peak mem (GB)", "train TFLOP/step",
              "train MFU"] + [f"infer b{x} img/s" for x in b] + [f"infer b{b[-1]} MFU"])
@@ -514,7 +614,7 @@ def format_model(report: dict) -> str:
 def format_loader(result: dict) -> str:
     """A readable summary of :func:`bench_loader`'s result."""
     steps = ", ".join(f"{k} {v:.1f}" for k, v in result["cpu_ms_per_sample"].items())
-    lines = [f"data loader: {result['samples']} samples of {result['image_size'][0]}x{result['image_size'][1]}, "
+    lines = [f"data loader ({result['source']}): {result['samples']} samples of {result['image_size'][0]}x{result['image_size'][1]}, "
              f"crop {result['crop']}",
              f"CPU ms per sample (one thread): {steps}",
              f"{result['samples_per_s_per_worker']:.1f} samples/s per worker (CPU time); "

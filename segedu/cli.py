@@ -70,9 +70,12 @@ def _cmd_bench(args) -> None:
         # Data in the projection: the measured per-worker rate times --workers (workers run in parallel).
         loader_rate = (out["loader"]["samples_per_s_per_worker"] * args.workers
                        if args.data_loader and args.workers else None)
-        out["model"] = bench_model(args.model, args.device, args.batch, args.size, args.infer_batches, args.steps,
-                                   args.warmup, args.amp, args.compile is not None, args.compile or "default",
-                                   args.channels_last, not args.no_hf, args.peak_tflops, loader_rate)
+        out["model"] = bench_model(
+            args.model, args.device, batch=args.batch, size=args.size, infer_batches=args.infer_batches,
+            steps=args.steps, warmup=args.warmup, amp=args.amp, compile=args.compile is not None,
+            compile_mode=args.compile or "default", channels_last=args.channels_last,
+            loss_chunk_rows=args.loss_chunk_rows, grad_checkpointing=args.grad_checkpointing, hf=not args.no_hf,
+            peak=args.peak_tflops, loader_images_per_s=loader_rate)
         print(format_model(out["model"]))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -167,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.compile the segedu side, optionally with a mode such as reduce-overhead "
                         "(transformers stays eager)")
     b.add_argument("--channels-last", action="store_true", help="NHWC memory format, both sides")
+    b.add_argument("--loss-chunk-rows", type=int, help="segedu side: the chunked loss, as segedu train")
+    b.add_argument("--grad-checkpointing", action="store_true", help="segedu side: recompute encoder blocks")
     b.add_argument("--no-hf", action="store_true", help="skip the transformers comparison")
     b.add_argument("--peak-tflops", type=float, help="peak FLOP/s for MFU (default: from the GPU's name)")
     b.add_argument("--data", dest="data_loader", action="store_true",

@@ -11,6 +11,7 @@ import torch.nn as nn
 
 import segedu
 from segedu.bench import (
+    DecodedCache,
     bench_loader,
     bench_model,
     count_flops,
@@ -21,6 +22,7 @@ from segedu.bench import (
     project_run,
 )
 from segedu.cli import main as cli_main
+from segedu.data import SegmentationFolder, generate, train_transforms
 
 TINY = dict(device="cpu", batch=1, size=64, infer_batches=(1,), steps=1, warmup=0, peak=1.0)
 
@@ -60,6 +62,7 @@ def test_bench_segformer_b0_against_transformers():
     assert report["transformers_note"] is None
     assert report["settings"] == {"batch": 1, "size": 64, "infer_batches": [1], "steps": 1, "warmup": 0,
                                   "bf16_autocast": False, "compile": False, "channels_last": False,
+                                  "loss_chunk_rows": None, "grad_checkpointing": False,
                                   "clock": "process CPU time", "threads": torch.get_num_threads()}
     assert "targets" not in report  # the targets are for an H100 at batch 16, 512x512
     p = report["projection_160k"]
@@ -67,6 +70,15 @@ def test_bench_segformer_b0_against_transformers():
     assert not p["includes_data"]
     table = format_model(report)
     assert "| segedu |" in table and "| transformers |" in table and "speed-up" in table
+
+
+def test_memory_options_keep_the_model_flops():
+    plain = bench_model("segformer-b0", hf=False, **TINY)
+    saving = bench_model("segformer-b0", hf=False, loss_chunk_rows=16, grad_checkpointing=True, **TINY)
+    assert saving["settings"]["loss_chunk_rows"] == 16 and saving["settings"]["grad_checkpointing"]
+    # MFU counts model FLOPs: the forward recomputed by activation checkpointing is not counted again.
+    assert saving["results"][0]["train"]["flops"] == plain["results"][0]["train"]["flops"]
+    assert "activation checkpointing" in format_model(saving)
 
 
 def test_hf_segformer_matches_registry_config_for_every_variant():
@@ -141,11 +153,40 @@ def test_loader_bench_returns_samples_per_second(tmp_path):
 def test_cli_bench_writes_json(tmp_path, capsys):
     path = tmp_path / "bench.json"
     rc = cli_main(["bench", "--model", "segformer-b0", "--device", "cpu", "--batch", "1", "--size", "64",
-                   "--infer-batches", "1", "--steps", "1", "--warmup", "0", "--no-hf", "--json", str(path)])
+                   "--infer-batches", "1", "--steps", "1", "--warmup", "0", "--no-hf", "--amp", "--channels-last",
+                   "--json", str(path)])
     assert rc == 0
     out = json.loads(path.read_text())
     assert out["command"] and out["arguments"]["model"] == "segformer-b0"
+    settings = out["model"]["settings"]
+    assert settings["bf16_autocast"] and settings["channels_last"] and settings["compile"] is False
     assert out["machine"]["torch"] == torch.__version__
     assert out["model"]["results"][0]["train"]["flops"] > 0
     assert "| segedu |" in capsys.readouterr().out
     assert cli_main(["bench"]) == 2  # nothing to measure
+
+
+def test_decoded_cache_returns_the_folders_samples_and_rebuilds_when_stale(tmp_path):
+    root = generate(tmp_path / "ade", n_train=3, n_val=0, size=(40, 56), seed=1)
+    folder = SegmentationFolder(root, "training")
+    cache = DecodedCache(folder, tmp_path / "cache")
+    assert cache.built and len(cache) == 3
+    for i in range(3):
+        image, mask = cache[i]
+        ref_image, ref_mask = folder[i]
+        assert image.dtype == torch.uint8 and mask.dtype == torch.int64
+        assert torch.equal(image, ref_image) and torch.equal(mask, ref_mask)
+    assert (cache[1][1] == 255).any()  # unlabeled pixels: the ignore value survives the uint8 file
+    assert not DecodedCache(folder, tmp_path / "cache").built  # reused as it is
+    generate(tmp_path / "ade", n_train=4, n_val=0, size=(40, 56), seed=1, overwrite=True)
+    grown = DecodedCache(SegmentationFolder(root, "training"), tmp_path / "cache")
+    assert grown.built and len(grown) == 4
+    crop = DecodedCache(folder, tmp_path / "cache", transforms=train_transforms(32))
+    assert crop[0][0].shape == (3, 32, 32)
+
+
+def test_loader_bench_from_the_cache():
+    result = bench_loader(images=2, image_size=(48, 64), crop=32, cache=True)
+    assert result["source"] == "pre-decoded uint8 cache"
+    assert list(result["cpu_ms_per_sample"])[0] == "read cache"
+    assert result["samples_per_s_per_worker"] > 0
