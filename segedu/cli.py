@@ -39,7 +39,8 @@ def _cmd_eval(args) -> None:
     from .report import evaluate_checkpoint
     evaluate_checkpoint(data=args.data, device=args.device, mode=args.mode, crop=args.slide_crop,
                         stride=args.slide_stride, classes=read_classes(args.classes) if args.classes else None,
-                        reduce_zero_label=args.reduce_zero_label, out_dir=args.out, amp=args.amp, **_model_source(args))
+                        reduce_zero_label=args.reduce_zero_label, out_dir=args.out, amp=args.amp,
+                        num_workers=args.workers, **_model_source(args))
 
 
 def _cmd_predict(args) -> None:
@@ -143,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--reduce-zero-label", action=argparse.BooleanOptionalAction, default=None,
                    help="map label 0 to ignore and v to v-1 (default: as in training; on for ADE20K)")
     e.add_argument("--out", help="also write eval_<mode>.json and class_iou_<mode>.png here")
+    e.add_argument("--workers", type=int, default=0, help="DataLoader processes decoding the next images")
     e.set_defaults(func=_cmd_eval)
 
     pr = sub.add_parser("predict", help="label maps, colour masks and overlays for image files")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from .metrics import SegMetrics
@@ -156,23 +157,26 @@ def infer(model: torch.nn.Module, image: torch.Tensor, num_classes: int, out_siz
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, dataset, num_classes: int, device: torch.device | str = "cpu",
              amp: bool = False, progress: bool = True, mode: str = "whole", crop_size=None, stride=None,
-             scales: tuple[float, ...] = MS_SCALES, ignore_index: int = 255) -> dict:
+             scales: tuple[float, ...] = MS_SCALES, ignore_index: int = 255, num_workers: int = 0) -> dict:
     """Dataset-level mIoU / mAcc / aAcc and per-class IoU / Acc (section 5.4) of ``model`` on ``dataset``.
 
     ``dataset`` yields ``(image, mask)``: a normalised image (test-resized) and the mask at its
     original size. Images go through one at a time (their sizes differ); the scores of ``mode``
     (see :func:`infer`) are resized to the mask, so the metric is computed at the annotation's
-    resolution. The confusion matrix lives on ``device``; under ``torchrun`` each process takes
-    every world_size-th image and :meth:`SegMetrics.all_reduce` sums the matrices.
+    resolution. ``num_workers`` DataLoader processes decode and resize the next images meanwhile.
+    The confusion matrix lives on ``device``; under ``torchrun`` each process takes every
+    world_size-th image and :meth:`SegMetrics.all_reduce` sums the matrices.
     """
     if mode not in MODES:
         raise ValueError(f"unknown test mode {mode!r}; expected one of {MODES}")
+    device = torch.device(device)
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+    shard = Subset(dataset, range(rank, len(dataset), world))
+    loader = DataLoader(shard, batch_size=None, num_workers=num_workers, pin_memory=device.type == "cuda")
     was_training = model.training
     model.eval()
     metrics = SegMetrics(num_classes, ignore_index=ignore_index, device=device)
-    for i in tqdm(range(rank, len(dataset), world), desc=f"eval ({mode})", leave=False, disable=not progress):
-        image, mask = dataset[i]
+    for image, mask in tqdm(loader, total=len(shard), desc=f"eval ({mode})", leave=False, disable=not progress):
         image, mask = image.to(device)[None], mask.to(device)[None]  # [1, 3, h, w], [1, H, W]
         scores = infer(model, image, num_classes, mask.shape[-2:], mode, crop_size, stride, scales, amp)
         metrics.update(scores.argmax(1), mask)

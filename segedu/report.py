@@ -70,7 +70,7 @@ def evaluate_checkpoint(checkpoint=None, data=None, device=None, *, mode: str | 
                         crop: int | None = None, stride: int | None = None, classes=None,
                         reduce_zero_label: bool | None = None, out_dir: str | Path | None = None,
                         name: str | None = None, weights=None, source: str = "transformers",
-                        amp: bool | None = None, progress: bool = True) -> dict:
+                        amp: bool | None = None, progress: bool = True, num_workers: int = 0) -> dict:
     """Evaluate a training ``checkpoint`` (or public ``weights`` of model ``name``) on the validation
     split of ``data`` (anything :func:`segedu.data.open_dataset` accepts).
 
@@ -89,7 +89,7 @@ def evaluate_checkpoint(checkpoint=None, data=None, device=None, *, mode: str | 
     device = next(model.parameters()).device
     amp = device.type == "cuda" if amp is None else amp
     metrics = evaluate(model, val, num_classes, device, amp=amp, progress=progress, mode=settings.mode,
-                       crop_size=settings.crop, stride=settings.stride)
+                       crop_size=settings.crop, stride=settings.stride, num_workers=num_workers)
     if _is_main_process():
         model_name = getattr(model, "name", type(model).__name__)
         print(f"{model_name} on {data} (validation, {len(val)} images), mode {settings.mode}")

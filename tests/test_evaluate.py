@@ -232,6 +232,17 @@ def test_evaluate_whole_equals_a_hand_loop():
     assert out["IoU"][0] == pytest.approx(float(inter / union))
 
 
+def test_evaluate_with_loader_workers_matches_the_main_process():
+    model, data = nn.Conv2d(3, K, 1), ToyDataset()
+    with torch.no_grad():  # class 0 everywhere: right on about half the pixels
+        model.weight.zero_(), model.bias.zero_(), model.weight[0, :2].fill_(1.0)
+    with_workers = evaluate(model, data, K, progress=False, num_workers=2)
+    in_process = evaluate(model, data, K, progress=False)
+    assert 0 < in_process["aAcc"] < 1
+    for key in ("IoU", "Acc", "mIoU", "aAcc"):
+        torch.testing.assert_close(torch.tensor(with_workers[key]), torch.tensor(in_process[key]), equal_nan=True)
+
+
 def test_evaluate_rejects_an_unknown_mode():
     with pytest.raises(ValueError, match="unknown test mode"):
         evaluate(Oracle(), ToyDataset(), K, mode="slidE", progress=False)
@@ -277,7 +288,7 @@ def test_cli_eval_modes_folder_and_parquet_agree(eval_setup, tmp_path, mode, ext
     direct = evaluate(model, val, 150, mode=mode, crop_size=crop, stride=stride, progress=False)
     assert record["mIoU"] == pytest.approx(direct["mIoU"]) and record["aAcc"] == pytest.approx(direct["aAcc"])
 
-    assert cli_main([*args, "--data", str(parquet), "--out", str(tmp_path / "pq")]) == 0
+    assert cli_main([*args, "--data", str(parquet), "--out", str(tmp_path / "pq"), "--workers", "1"]) == 0
     from_parquet = json.loads((tmp_path / "pq" / f"eval_{mode}.json").read_text())
     assert from_parquet["IoU"] == record["IoU"] and from_parquet["aAcc"] == record["aAcc"]
 
