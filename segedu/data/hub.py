@@ -146,7 +146,7 @@ def _load_table(spec: str, split: str):
     if path.is_dir():
         files = _parquet_files(path, split)
         return datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
-    if path.exists() or spec.startswith((".", "/", "~")) or path.suffix:
+    if path.exists() or spec.startswith((".", "/", "~")) or path.suffix == ".parquet":  # a path, not a hub id
         raise FileNotFoundError(f"--data {spec}: no such folder or parquet file")
     kwargs = HUB_ALIASES.get(spec, {"path": spec})
     try:
