@@ -100,10 +100,13 @@ def slide_logits(model: torch.nn.Module, image: torch.Tensor, crop_size: int | t
 def ms_flip_logits(model: torch.nn.Module, image: torch.Tensor, scales: tuple[float, ...] = MS_SCALES,
                    flip: bool = True, out_size: tuple[int, int] | None = None,
                    crop_size: int | tuple[int, int] | None = None, stride: int | tuple[int, int] | None = None,
-                   num_classes: int | None = None, amp: bool = False) -> torch.Tensor:
+                   num_classes: int | None = None, amp: bool = False,
+                   min_short_side: int | None = None) -> torch.Tensor:
     """Multi-scale (+ horizontal flip) test-time augmentation (section 5.2, mmseg ``aug_test``).
 
-    For each scale r the image is bilinearly resized to ``round(r * H) x round(r * W)`` and run whole
+    For each scale r the image is bilinearly resized to ``round(r * H) x round(r * W)`` (keeping the
+    ratio, with the short side raised to ``min_short_side`` if it falls below: SETR's
+    ``setr_multi_scale`` uses the crop size, so its 0.5 and 0.75 scales both become 512) and run whole
     (or by :func:`slide_logits` when ``crop_size`` and ``stride`` are given); with ``flip`` the mirrored
     image is run too and its logits mirrored back. Each pass's logits are resized to ``out_size``
     (default: the input size), turned into a softmax, and the passes are averaged.
@@ -126,6 +129,7 @@ def ms_flip_logits(model: torch.nn.Module, image: torch.Tensor, scales: tuple[fl
 
     total, passes = None, 0
     for r in scales:
+        r = max(r, (min_short_side or 0) / min(height, width))
         scaled = _resize(image, (max(int(height * r + 0.5), 1), max(int(width * r + 0.5), 1)))
         probs = one_pass(scaled).softmax(1)
         if flip:
@@ -139,7 +143,7 @@ def ms_flip_logits(model: torch.nn.Module, image: torch.Tensor, scales: tuple[fl
 
 def infer(model: torch.nn.Module, image: torch.Tensor, num_classes: int, out_size: tuple[int, int] | None = None,
           mode: str = "whole", crop_size=None, stride=None, scales: tuple[float, ...] = MS_SCALES,
-          amp: bool = False) -> torch.Tensor:
+          amp: bool = False, min_short_side: int | None = None) -> torch.Tensor:
     """Class scores ``[B, K, *out_size]`` of one test mode: logits for ``whole`` / ``slide``,
     mean probabilities for ``ms-flip`` (sliding-window passes when ``crop_size`` is given)."""
     if mode == "whole":
@@ -150,20 +154,22 @@ def infer(model: torch.nn.Module, image: torch.Tensor, num_classes: int, out_siz
         return _resize(slide_logits(model, image, crop_size, stride, num_classes, amp), out_size or image.shape[-2:])
     if mode == "ms-flip":
         return ms_flip_logits(model, image, scales, flip=True, out_size=out_size, crop_size=crop_size,
-                              stride=stride, num_classes=num_classes, amp=amp)
+                              stride=stride, num_classes=num_classes, amp=amp, min_short_side=min_short_side)
     raise ValueError(f"unknown test mode {mode!r}; expected one of {MODES}")
 
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, dataset, num_classes: int, device: torch.device | str = "cpu",
              amp: bool = False, progress: bool = True, mode: str = "whole", crop_size=None, stride=None,
-             scales: tuple[float, ...] = MS_SCALES, ignore_index: int = 255, num_workers: int = 0) -> dict:
+             scales: tuple[float, ...] = MS_SCALES, ignore_index: int = 255, num_workers: int = 0,
+             min_short_side: int | None = None) -> dict:
     """Dataset-level mIoU / mAcc / aAcc and per-class IoU / Acc (section 5.4) of ``model`` on ``dataset``.
 
     ``dataset`` yields ``(image, mask)``: a normalised image (test-resized) and the mask at its
     original size. Images go through one at a time (their sizes differ); the scores of ``mode``
     (see :func:`infer`) are resized to the mask, so the metric is computed at the annotation's
-    resolution. ``num_workers`` DataLoader processes decode and resize the next images meanwhile.
+    resolution (``min_short_side``: see :func:`ms_flip_logits`). ``num_workers`` DataLoader processes
+    decode and resize the next images meanwhile.
     The confusion matrix lives on ``device``; under ``torchrun`` each process takes every
     world_size-th image and :meth:`SegMetrics.all_reduce` sums the matrices.
     """
@@ -178,7 +184,8 @@ def evaluate(model: torch.nn.Module, dataset, num_classes: int, device: torch.de
     metrics = SegMetrics(num_classes, ignore_index=ignore_index, device=device)
     for image, mask in tqdm(loader, total=len(shard), desc=f"eval ({mode})", leave=False, disable=not progress):
         image, mask = image.to(device)[None], mask.to(device)[None]  # [1, 3, h, w], [1, H, W]
-        scores = infer(model, image, num_classes, mask.shape[-2:], mode, crop_size, stride, scales, amp)
+        scores = infer(model, image, num_classes, mask.shape[-2:], mode, crop_size, stride, scales, amp,
+                       min_short_side)
         metrics.update(scores.argmax(1), mask)
     metrics.all_reduce()
     model.train(was_training)

@@ -41,6 +41,7 @@ class TestSettings:
     mode: str = "whole"                 # whole | slide | ms-flip (segedu.evaluate)
     crop: int | None = None             # sliding-window crop and stride
     stride: int | None = None
+    ms_min_short_side: int | None = None  # ms-flip: smallest short side of a scaled image (SETR: the crop)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -50,18 +51,20 @@ class TestSettings:
 
     @classmethod
     def from_recipe(cls, recipe: Recipe) -> "TestSettings":
+        """The recipe's test fields; SETR recipes also keep ms-flip scales at least a slide crop tall."""
+        setr = get_spec(recipe.model).family == "setr"
         return cls(recipe.test_short_side, recipe.test_size_divisor, recipe.test_mode,
-                   recipe.slide_crop, recipe.slide_stride)
+                   recipe.slide_crop, recipe.slide_stride, recipe.slide_crop if setr else None)
 
     @classmethod
     def for_paper(cls, name: str) -> "TestSettings":
         """The ADE20K test setting of model ``name``'s paper (sections 1.3, 2.4, 3.4, 4.4, 5.2): a keep-ratio
         resize to the crop size as short side; SETR then slides a crop-size window with stride 2/3 crop
-        (512 / 341); SegFormer and SegNeXt round the size up to a multiple of 32 and run the whole image;
-        SSformer runs the whole image as resized."""
+        (512 / 341) and keeps every ms-flip scale at least a crop tall; SegFormer and SegNeXt round the
+        size up to a multiple of 32 and run the whole image; SSformer runs the whole image as resized."""
         spec = get_spec(name)
         if spec.family == "setr":
-            return cls(spec.crop_size, None, "slide", spec.crop_size, spec.crop_size * 2 // 3)
+            return cls(spec.crop_size, None, "slide", spec.crop_size, spec.crop_size * 2 // 3, spec.crop_size)
         return cls(spec.crop_size, 32 if spec.family in ("segformer", "segnext") else None, "whole")
 
     def with_mode(self, mode: str | None = None, crop: int | None = None, stride: int | None = None) -> "TestSettings":
@@ -102,7 +105,7 @@ def predict_mask(model: torch.nn.Module, image: torch.Tensor, settings: TestSett
     pipeline = test_transforms(settings.short_side, settings.size_divisor)
     x, _ = pipeline(image, torch.zeros(image.shape[1:], dtype=torch.int64))  # [3, h, w] normalised
     scores = infer(model, x[None].to(device), num_classes, tuple(image.shape[1:]), settings.mode,
-                   settings.crop, settings.stride, amp=amp)  # [1, K, H, W]
+                   settings.crop, settings.stride, amp=amp, min_short_side=settings.ms_min_short_side)  # [1, K, H, W]
     return scores.argmax(1)[0].cpu()
 
 

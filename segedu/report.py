@@ -89,7 +89,8 @@ def evaluate_checkpoint(checkpoint=None, data=None, device=None, *, mode: str | 
     device = next(model.parameters()).device
     amp = device.type == "cuda" if amp is None else amp
     metrics = evaluate(model, val, num_classes, device, amp=amp, progress=progress, mode=settings.mode,
-                       crop_size=settings.crop, stride=settings.stride, num_workers=num_workers)
+                       crop_size=settings.crop, stride=settings.stride, num_workers=num_workers,
+                       min_short_side=settings.ms_min_short_side)
     if _is_main_process():
         model_name = getattr(model, "name", type(model).__name__)
         print(f"{model_name} on {data} (validation, {len(val)} images), mode {settings.mode}")

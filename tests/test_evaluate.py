@@ -162,6 +162,13 @@ def test_ms_flip_probabilities_sum_to_one_and_use_every_scale():
     assert sizes == [s for r in (0.5, 0.75, 1.0, 1.25, 1.5, 1.75) for s in [(int(40 * r + 0.5), int(60 * r + 0.5))] * 2]
 
 
+def test_ms_flip_min_short_side_raises_small_scales():
+    # SETR's setr_multi_scale: with a 64-pixel minimum, scales 0.5 and 0.75 of a 64 x 96 image both run at 64 x 96.
+    model = CountingModel()
+    ms_flip_logits(model, torch.randn(1, 3, 64, 96), scales=(0.5, 0.75, 1.5), flip=False, min_short_side=64)
+    assert [c[-2:] for c in model.calls] == [(64, 96), (64, 96), (96, 144)]
+
+
 def test_ms_flip_can_slide_each_pass():
     model = pointwise_model()
     image = torch.randn(1, 3, 97, 131)

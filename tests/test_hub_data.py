@@ -176,7 +176,8 @@ def test_hub_id_goes_through_load_dataset(ade, monkeypatch):
         return _table(rows[{"train": "training", "validation": "validation"}[kwargs["split"]]])
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    _assert_same(_samples(open_dataset("someone/ade20k-copy", "validation")), _samples(open_dataset(root, "validation")))
+    from_hub = open_dataset("someone/ade20k-copy", "validation")
+    _assert_same(_samples(from_hub), _samples(open_dataset(root, "validation")))
     open_dataset("scene_parse_150", "training")
     assert calls == [{"path": "someone/ade20k-copy", "split": "validation"},
                      {**hub.HUB_ALIASES["scene_parse_150"], "split": "train"}]

@@ -96,7 +96,7 @@ def test_predict_other_test_modes(trained, images, tmp_path, mode, extra):
 
 
 def test_paper_test_settings():
-    assert TestSettings.for_paper("setr-pup") == TestSettings(512, None, "slide", 512, 341)
+    assert TestSettings.for_paper("setr-pup") == TestSettings(512, None, "slide", 512, 341, ms_min_short_side=512)
     assert TestSettings.for_paper("segformer-b5") == TestSettings(640, 32, "whole")
     assert TestSettings.for_paper("segnext-t") == TestSettings(512, 32, "whole")
     assert TestSettings.for_paper("ssformer-swin-t") == TestSettings(512, None, "whole")
