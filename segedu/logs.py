@@ -2,8 +2,9 @@
 
 Records written by segedu.train:
 
-* ``{"kind": "train", "step", "loss", "lr", "seconds"}`` every 10 iterations (loss of the global batch,
-  learning rate of the encoder's parameter group, seconds since the start of this call);
+* ``{"kind": "train", "step", "loss", "lr", "seconds", "images_per_s"}`` every 10 iterations (loss of
+  the global batch, learning rate of the encoder's parameter group, seconds since the start of this
+  call -- a resumed run starts again from 0 --, training images per second over all processes);
 * ``{"kind": "val", "step", "mIoU", "mAcc", "aAcc", "IoU"}`` at every evaluation.
 """
 from __future__ import annotations

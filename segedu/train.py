@@ -243,11 +243,11 @@ def _train(recipe, data_root, out_dir, ctx, seed, resume, num_workers, amp, prog
         done = step + 1
         lr = optimizer.param_groups[0]["lr"]
         elapsed = time.perf_counter() - t0
-        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}",
-                        img_s=f"{(done - start) * recipe.batch_size / elapsed:.1f}")
+        images_per_s = (done - start) * recipe.batch_size / elapsed  # all processes together
+        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.1f}")
         if ctx.is_main and (done % 10 == 0 or done == recipe.iters):
             _write_jsonl(log_path, {"kind": "train", "step": done, "loss": loss, "lr": lr,
-                                    "seconds": round(elapsed, 2)})
+                                    "seconds": round(elapsed, 2), "images_per_s": round(images_per_s, 2)})
         if done % recipe.eval_every == 0 or done == recipe.iters:
             metrics = validate()
             record = {"kind": "val", "step": done, "mIoU": metrics["mIoU"], "mAcc": metrics["mAcc"],
