@@ -10,7 +10,8 @@ The same command runs on one process or many::
 world_size - 1 over all nodes), ``LOCAL_RANK`` (its GPU on this node) and ``WORLD_SIZE``.
 :func:`setup` reads them. Every process builds the same model from the same seed, takes its own
 share of every global batch, and DistributedDataParallel averages the gradients, so all processes
-hold the same weights after each step.
+hold the same weights after each step. Rank 0 alone writes the log and the checkpoint; ``--resume``
+reads it on every process, so on several nodes ``--out`` must be a folder all of them see.
 
 BatchNorm is the one layer that looks across the batch: each process alone would normalise with
 the statistics of its own few images. The papers train with SyncBN over 8 GPUs, which sums the
@@ -78,15 +79,6 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
         value = value.clone()
         dist.all_reduce(value)
     return value
-
-
-def broadcast_object(obj, ctx: Context):
-    """Rank 0's ``obj`` on every process (e.g. the step to resume from, read by rank 0)."""
-    if not ctx.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 class GlobalBatchNorm(nn.BatchNorm2d):
