@@ -39,8 +39,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from .losses import total_loss
@@ -241,41 +241,27 @@ def _mfu(flops: int, ms: float, peak: float | None) -> float | None:
     return flops / (ms * 1e-3) / (peak * 1e12) if peak else None
 
 
-def bench_implementation(impl: Implementation, device: torch.device, batch: int, size: int,
-                         infer_batches: tuple[int, ...], steps: int, warmup: int, amp: bool, compile: bool,
-                         channels_last: bool, peak: float | None, num_classes: int = 150,
-                         compile_mode: str = "default") -> dict:
-    """Training step and inference figures of one implementation (see the module docstring).
-
-    ``compile``: ``torch.compile`` the loss (forward + loss; AOTAutograd compiles the backward too) and the
-    prediction, with static shapes (one graph per batch size) and ``compile_mode`` ("reduce-overhead" adds
-    CUDA graphs, which matter for a launch-bound model such as B0).
-    """
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    autocast = partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=amp)
-
-    # FLOPs on the meta device: shapes only, so counting a 16 x 512 x 512 step costs nothing.
+def model_flops(impl: Implementation, batch: int, size: int, infer_batches: tuple[int, ...]) -> tuple[int, dict]:
+    """FLOPs of one training step and of inference at each batch, counted on the meta device (shapes only,
+    so counting a 16 x 512 x 512 step costs nothing). Model FLOPs: a forward pass recomputed by activation
+    checkpointing is not useful work, so it is not counted."""
     with torch.device("meta"):
-        shadow = impl.build()
-        if hasattr(shadow, "set_grad_checkpointing"):
-            shadow.set_grad_checkpointing(False)  # model FLOPs: a recomputed forward is not useful work
-        x = torch.empty(batch, 3, size, size)
-        y = torch.empty(batch, size, size, dtype=torch.long)
-        train_flops = count_flops(lambda: impl.loss(shadow.train(), x, y).backward())
+        model = impl.build()
+        if hasattr(model, "set_grad_checkpointing"):
+            model.set_grad_checkpointing(False)
+        images = torch.empty(batch, 3, size, size)
+        labels = torch.empty(batch, size, size, dtype=torch.long)
+        train = count_flops(lambda: impl.loss(model.train(), images, labels).backward())
+        model.eval()
         with torch.no_grad():
-            infer_flops = {b: count_flops(lambda: impl.predict(shadow.eval(), torch.empty(b, 3, size, size)))
-                           for b in infer_batches}
-    del shadow
+            inference = {b: count_flops(partial(impl.predict, model, torch.empty(b, 3, size, size)))
+                         for b in infer_batches}
+    return train, inference
 
-    torch.manual_seed(0)
-    model = impl.build().to(device, memory_format=memory_format)
-    params = sum(p.numel() for p in model.parameters())
-    loss_fn, predict_fn = partial(impl.loss, model), partial(impl.predict, model)
-    if compile:
-        compiled = partial(torch.compile, dynamic=False, mode=compile_mode)
-        loss_fn, predict_fn = compiled(loss_fn), compiled(predict_fn)
-    images = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
-    labels = torch.randint(0, num_classes, (batch, size, size), device=device)
+
+def _time_training(model: nn.Module, loss_fn, images: torch.Tensor, labels: torch.Tensor, steps: int, warmup: int,
+                   autocast, device: torch.device) -> dict:
+    """Time forward + loss + backward + AdamW (fused on the GPU) and record the peak memory of the whole step."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=6e-5, weight_decay=0.01, fused=device.type == "cuda")
 
     def train_step():
@@ -289,18 +275,46 @@ def bench_implementation(impl: Implementation, device: torch.device, batch: int,
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     model.train()
-    train = time_steps(train_step, steps, warmup, device)
-    peak_memory = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
-    train.update(batch=batch, images_per_s=batch / (train["ms"] * 1e-3), peak_memory_gb=peak_memory,
-                 flops=train_flops, mfu=_mfu(train_flops, train["ms"], peak))
-    del optimizer
+    result = time_steps(train_step, steps, warmup, device)
+    result["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
+    model.zero_grad(set_to_none=True)
+    return result
+
+
+def bench_implementation(impl: Implementation, device: torch.device, batch: int, size: int,
+                         infer_batches: tuple[int, ...], steps: int, warmup: int, amp: bool, compile: bool,
+                         channels_last: bool, peak: float | None, num_classes: int = 150,
+                         compile_mode: str = "default") -> dict:
+    """Training step and inference figures of one implementation (see the module docstring).
+
+    ``compile``: ``torch.compile`` the loss (forward + loss; AOTAutograd compiles the backward too) and the
+    prediction, with static shapes (one graph per batch size) and ``compile_mode`` ("reduce-overhead" adds
+    CUDA graphs, which matter for a launch-bound model such as B0).
+    """
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    autocast = partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=amp)
+    train_flops, infer_flops = model_flops(impl, batch, size, infer_batches)
+
+    torch.manual_seed(0)
+    model = impl.build().to(device, memory_format=memory_format)
+    params = sum(p.numel() for p in model.parameters())
+    loss_fn, predict_fn = partial(impl.loss, model), partial(impl.predict, model)
+    if compile:
+        compiled = partial(torch.compile, dynamic=False, mode=compile_mode)
+        loss_fn, predict_fn = compiled(loss_fn), compiled(predict_fn)
+
+    images = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
+    labels = torch.randint(0, num_classes, (batch, size, size), device=device)
+    train = _time_training(model, loss_fn, images, labels, steps, warmup, autocast, device)
+    train.update(batch=batch, images_per_s=batch / (train["ms"] * 1e-3), flops=train_flops,
+                 mfu=_mfu(train_flops, train["ms"], peak))
 
     model.eval()
     inference = {}
     for b in infer_batches:
-        xb = torch.randn(b, 3, size, size, device=device).contiguous(memory_format=memory_format)
+        x = torch.randn(b, 3, size, size, device=device).contiguous(memory_format=memory_format)
         with torch.inference_mode(), autocast():
-            result = time_steps(lambda: predict_fn(xb), steps, warmup, device)
+            result = time_steps(partial(predict_fn, x), steps, warmup, device)
         result.update(images_per_s=b / (result["ms"] * 1e-3), flops=infer_flops[b],
                       mfu=_mfu(infer_flops[b], result["ms"], peak))
         inference[str(b)] = result
@@ -590,10 +604,10 @@ def format_model(report: dict) -> str:
     b = [str(x) for x in s["infer_batches"]]
     head = (["implementation", "params (M)", "train step (ms)", "train img/s", "peak mem (GB)", "train TFLOP/step",
              "train MFU"] + [f"infer b{x} img/s" for x in b] + [f"infer b{b[-1]} MFU"])
-    lines = [f"{report['model']} on {report['device']} ({report['device_name']}): batch {s['batch']}, "
+    title = (f"{report['model']} on {report['device']} ({report['device_name']}): batch {s['batch']}, "
              f"{s['size']}x{s['size']}, {mode}; {s['steps']} steps after {s['warmup']} warm-up; "
-             f"clock: {s['clock']}; peak {_fmt(report['peak_tflops'], '.0f')} TFLOP/s",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+             f"clock: {s['clock']}; peak {_fmt(report['peak_tflops'], '.0f')} TFLOP/s")
+    lines = [title, "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in report["results"]:
         t = r["train"]
         cells = [r["implementation"], f"{r['params'] / 1e6:.3f}", f"{t['ms']:.1f}", f"{t['images_per_s']:.1f}",
@@ -621,12 +635,12 @@ def format_model(report: dict) -> str:
 def format_loader(result: dict) -> str:
     """A readable summary of :func:`bench_loader`'s result."""
     steps = ", ".join(f"{k} {v:.1f}" for k, v in result["cpu_ms_per_sample"].items())
-    lines = [f"data loader ({result['source']}): {result['samples']} samples of {result['image_size'][0]}x{result['image_size'][1]}, "
-             f"crop {result['crop']}",
-             f"CPU ms per sample (one thread): {steps}",
-             f"{result['samples_per_s_per_worker']:.1f} samples/s per worker (CPU time); "
-             f"{result['target_images_per_s']:.0f} images/s needs {result['workers_needed']} workers "
-             f"({result['cpu_cores_here']} CPU cores here)"]
+    h, w = result["image_size"]
+    need = (f"{result['samples_per_s_per_worker']:.1f} samples/s per worker (CPU time); "
+            f"{result['target_images_per_s']:.0f} images/s needs {result['workers_needed']} workers "
+            f"({result['cpu_cores_here']} CPU cores here)")
+    lines = [f"data loader ({result['source']}): {result['samples']} samples of {h}x{w}, crop {result['crop']}",
+             f"CPU ms per sample (one thread): {steps}", need]
     if "dataloader" in result:
         d = result["dataloader"]
         lines.append(f"DataLoader with {d['workers']} workers: {_fmt(d['samples_per_s'])} samples/s (wall clock)")

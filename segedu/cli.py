@@ -58,7 +58,13 @@ def _cmd_bench(args) -> None:
     import json
     import shlex
 
-    from .bench import bench_loader, bench_model, format_loader, format_model, machine_info
+    from .bench import (
+        bench_loader,
+        bench_model,
+        format_loader,
+        format_model,
+        machine_info,
+    )
     if not args.model and not args.data_loader:
         raise ValueError("nothing to measure: give --model NAME, --data, or both")
     out = {"command": shlex.join(sys.argv),  # the process's command line

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-import torch.nn as nn
+from torch import nn
 
 import segedu
 from segedu.bench import (
@@ -25,7 +25,7 @@ from segedu.bench import (
 from segedu.cli import main as cli_main
 from segedu.data import SegmentationFolder, generate, train_transforms
 
-TINY = dict(device="cpu", batch=1, size=64, infer_batches=(1,), steps=1, warmup=0, peak=1.0)
+TINY = {"device": "cpu", "batch": 1, "size": 64, "infer_batches": (1,), "steps": 1, "warmup": 0, "peak": 1.0}
 
 
 def _check_implementation(result: dict, batch: int, infer_batches=("1",)) -> None:
@@ -189,7 +189,7 @@ def test_decoded_cache_returns_the_folders_samples_and_rebuilds_when_stale(tmp_p
 def test_loader_bench_from_the_cache():
     result = bench_loader(images=2, image_size=(48, 64), crop=32, cache=True)
     assert result["source"] == "pre-decoded uint8 cache"
-    assert list(result["cpu_ms_per_sample"])[0] == "read cache"
+    assert next(iter(result["cpu_ms_per_sample"])) == "read cache"
     assert result["samples_per_s_per_worker"] > 0
 
 
