@@ -25,7 +25,7 @@ from .data import ADE20K_CLASSES, test_transforms
 from .data.ade20k import decode, quiet_codec_warnings
 from .evaluate import MODES, infer
 from .recipes import Recipe
-from .registry import build_model, get_spec
+from .registry import get_spec
 from .utils import default_device
 from .viz import colorize, overlay, palette_for
 from .weights import from_pretrained
@@ -85,8 +85,8 @@ def load_model(checkpoint: str | Path | None = None, name: str | None = None, we
     device = torch.device(device) if device is not None else default_device()
     if checkpoint is not None:
         state = ckpt.load(checkpoint)
-        recipe = Recipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["recipe"].items()})
-        model = build_model(recipe.model, num_classes=recipe.num_classes)
+        recipe = Recipe.from_dict(state["recipe"])
+        model = recipe.build_model()
         model.load_state_dict(state["model"])
         facts = {"num_classes": recipe.num_classes, "reduce_zero_label": recipe.reduce_zero_label}
         return model.to(device).eval(), TestSettings.from_recipe(recipe), facts

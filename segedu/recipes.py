@@ -65,6 +65,11 @@ class Recipe:
             raise ValueError(f"unknown recipe field(s) {sorted(unknown)}; a recipe has {sorted(known)}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
+    def build_model(self):
+        """The model this recipe trains: ``build_model(model, num_classes, **model_kwargs)``."""
+        from .registry import build_model
+        return build_model(self.model, num_classes=self.num_classes, **self.model_kwargs)
+
     def with_overrides(self, **kw) -> Recipe:
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
 

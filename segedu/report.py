@@ -14,7 +14,7 @@ from .data import ADE20K_CLASSES, open_dataset, test_transforms
 from .evaluate import evaluate
 from .predict import TestSettings, load_model, predict_mask
 from .recipes import Recipe
-from .viz import palette_for, plot_class_iou, plot_curves, prediction_grid
+from .viz import palette_for, plot_class_iou, prediction_grid
 
 
 def iou_table(metrics: dict, classes=ADE20K_CLASSES) -> str:
@@ -33,8 +33,7 @@ def iou_table(metrics: dict, classes=ADE20K_CLASSES) -> str:
 def load_trained(checkpoint_path: str | Path, device=None) -> tuple[torch.nn.Module, Recipe]:
     """The model (eval mode) and recipe stored in a segedu training checkpoint."""
     model, _, _ = load_model(checkpoint_path, device=device)
-    state = ckpt.load(checkpoint_path)
-    return model, Recipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["recipe"].items()})
+    return model, Recipe.from_dict(ckpt.load(checkpoint_path)["recipe"])
 
 
 def _is_main_process() -> bool:
@@ -51,7 +50,6 @@ def write_report(out_dir: str | Path, data, recipe: Recipe, result, device=None,
     print(iou_table(result.metrics, raw.classes))
     print(f"trained {recipe.model} for {recipe.iters} iterations in {result.seconds:.0f} s; "
           f"validation mIoU {result.metrics['mIoU']:.4f}")
-    plot_curves(out_dir / "metrics.jsonl", out_dir / "curves.png")
     plot_class_iou(result.metrics, raw.classes, out_dir / "class_iou.png",
                    title=f"{recipe.model}: per-class validation IoU")
     model, settings, _ = load_model(out_dir / "checkpoint.pt", device=device)

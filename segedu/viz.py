@@ -2,7 +2,6 @@
 image / label / prediction rows."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -54,24 +53,6 @@ def plot_class_iou(metrics: dict, classes, out_path: str | Path, title: str = ""
     ax.set(xlim=(0, 1), xlabel="IoU", title=title or "per-class IoU")
     ax.tick_params(axis="y", labelsize=7)
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(out_path, dpi=80)
-    plt.close(fig)
-    return Path(out_path)
-
-
-def plot_curves(log_path: str | Path, out_path: str | Path) -> Path:
-    """Loss, learning rate and validation mIoU against the iteration, from a metrics.jsonl log."""
-    records = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
-    train = [r for r in records if r.get("kind") == "train"]
-    val = [r for r in records if r.get("kind") == "val"]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-    axes[0].plot([r["step"] for r in train], [r["loss"] for r in train])
-    axes[0].set(title="training loss", xlabel="iteration", ylabel="cross-entropy")
-    axes[1].plot([r["step"] for r in train], [r["lr"] for r in train])
-    axes[1].set(title="learning rate (encoder)", xlabel="iteration", ylabel="lr")
-    axes[2].plot([r["step"] for r in val], [r["mIoU"] for r in val], marker="o")
-    axes[2].set(title="validation mIoU", xlabel="iteration", ylabel="mIoU", ylim=(0, 1))
     fig.tight_layout()
     fig.savefig(out_path, dpi=80)
     plt.close(fig)
