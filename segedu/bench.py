@@ -563,7 +563,13 @@ def bench_loader(root: str | Path | None = None, images: int = 64, image_size: t
 
 
 def _time_dataloader(dataset, workers: int, batch: int) -> dict:
-    """Wall-clock samples/s of a real DataLoader over ``dataset``, after its first batch (workers started)."""
+    """Wall-clock samples/s of a real DataLoader over ``dataset``, after its first batch (workers started).
+
+    The batch shrinks when ``dataset`` holds fewer than two batches, so that one batch is timed.
+    """
+    if len(dataset) < 2:
+        raise ValueError(f"timing a DataLoader needs at least 2 samples, got {len(dataset)}")
+    batch = min(batch, len(dataset) // 2)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, num_workers=workers, shuffle=True,
                                          drop_last=True)
     batches = iter(loader)

@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--loss-chunk-rows", type=int, help="segedu side: the chunked loss, as segedu train")
     b.add_argument("--grad-checkpointing", action="store_true", help="segedu side: recompute encoder blocks")
     b.add_argument("--no-hf", action="store_true", help="skip the transformers comparison")
-    b.add_argument("--peak-tflops", type=float, help="peak FLOP/s for MFU (default: from the GPU's name)")
+    b.add_argument("--peak-tflops", type=float, help="peak dense bf16 TFLOP/s for MFU (default: from the GPU's name)")
     b.add_argument("--data", dest="data_loader", action="store_true",
                    help="also measure the training data pipeline (samples/s per DataLoader worker)")
     b.add_argument("--data-root", help="ADE20K-layout folder for --data (default: synthetic 512x683 scenes)")
@@ -189,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--data-crop", type=int, default=512)
     b.add_argument("--data-cache", action="store_true", help="read --data samples from a pre-decoded uint8 cache")
     b.add_argument("--workers", type=int, default=0,
-                   help="time a real DataLoader with this many workers; the projection then includes data")
+                   help="with --data: also time a real DataLoader with this many workers, and add data loading "
+                        "(per-worker rate x WORKERS) to the 160k-iteration projection")
     b.add_argument("--json", help="write every figure, the command, machine and versions to this file")
     b.set_defaults(func=_cmd_bench)
     return p

@@ -204,3 +204,14 @@ def test_b0_targets_are_judged_only_on_what_was_measured():
     report["projection_160k"] = project_run(14.0, 16, 2000.0, loader_images_per_s=600.0)
     assert targets["run_minutes"]["target"] == 45.0
     assert _b0_targets(report)["run_minutes"]["met"] is False  # 26.7 ms per step: 71 min
+
+
+def test_cli_bench_with_data_puts_loading_in_the_projection(tmp_path):
+    path = tmp_path / "bench.json"
+    assert cli_main(["bench", "--model", "segformer-b0", "--device", "cpu", "--batch", "1", "--size", "64",
+                     "--infer-batches", "1", "--steps", "1", "--warmup", "0", "--no-hf", "--data",
+                     "--data-images", "2", "--data-crop", "32", "--workers", "2", "--json", str(path)]) == 0
+    out = json.loads(path.read_text())
+    loader, projection = out["loader"], out["model"]["projection_160k"]
+    assert projection["includes_data"]
+    assert projection["data_ms_per_step"] == pytest.approx(1e3 / (2 * loader["samples_per_s_per_worker"]))
