@@ -206,7 +206,7 @@ def _copy_submissions(submissions: Path, course: Path, released: set[str]) -> di
             handed_in[student].add(nb.stem)
     if not any(handed_in.values()):
         raise ValueError(f"no course notebook in {submissions}: the files must keep their released names, "
-                         f"e.g. {sorted(released)[0]}.ipynb")
+                         f"e.g. {min(released)}.ipynb")
     return handed_in
 
 

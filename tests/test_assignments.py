@@ -26,15 +26,21 @@ import pytest
 
 pytest.importorskip("nbgrader")
 
-from segedu.assignments import DEFAULT_TIMEOUT, autograde, generate_assignments, nbgrader_config, write_gradebook
+from segedu.assignments import (
+    DEFAULT_TIMEOUT,
+    autograde,
+    generate_assignments,
+    nbgrader_config,
+    write_gradebook,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
 NAMES = [p.stem for p in sorted(NOTEBOOKS.glob("*.ipynb"))]
 CHEAPEST = "00_semantic_segmentation_and_ade20k"
 
-SOLUTION = re.compile(r"^[ \t]*### BEGIN SOLUTION\n(.*?)^[ \t]*### END SOLUTION[^\n]*\n?", re.S | re.M)
-HIDDEN = re.compile(r"^[ \t]*### BEGIN HIDDEN TESTS\n(.*?)^[ \t]*### END HIDDEN TESTS[^\n]*\n?", re.S | re.M)
+SOLUTION = re.compile(r"^[ \t]*### BEGIN SOLUTION\n(.*?)^[ \t]*### END SOLUTION[^\n]*\n?", re.DOTALL | re.MULTILINE)
+HIDDEN = re.compile(r"^[ \t]*### BEGIN HIDDEN TESTS\n(.*?)^[ \t]*### END HIDDEN TESTS[^\n]*\n?", re.DOTALL | re.MULTILINE)
 
 
 def _cells(path: Path) -> list[dict]:
@@ -137,9 +143,10 @@ def test_course_folder_is_ignored_by_git():
     if not (REPO / ".git").exists():
         pytest.skip("not a git checkout")
     probe = "assignments/release/00_x/00_x.ipynb"
-    assert subprocess.run(["git", "check-ignore", "-q", probe], cwd=REPO).returncode == 0, \
+    assert subprocess.run(["git", "check-ignore", "-q", probe], cwd=REPO, check=False).returncode == 0, \
         "assignments/ (make assignments) must be ignored by git"
-    tracked = subprocess.run(["git", "ls-files", "assignments"], cwd=REPO, capture_output=True, text=True).stdout
+    tracked = subprocess.run(["git", "ls-files", "assignments"], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout
     assert tracked == "", f"generated files are tracked: {tracked.split()[:3]}"
 
 
@@ -170,8 +177,8 @@ def test_timeouts_hidden_tests_and_missing_notebooks_on_a_tiny_course(tmp_path):
         meta = {"nbgrader": {"schema_version": 3, "task": False, **nbgrader}, "tags": [tag]}
         return new_code_cell(source, metadata=meta)
 
-    exercise = dict(solution=True, grade=False, locked=False)
-    check = dict(solution=False, grade=True, locked=True)
+    exercise = {"solution": True, "grade": False, "locked": False}
+    check = {"solution": False, "grade": True, "locked": True}
     nb = new_notebook(cells=[
         cell("def double(x):\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION", "exercise",
              grade_id="ex-double", **exercise),
