@@ -22,7 +22,8 @@ def _cmd_train(args) -> None:
     result = train(recipe, args.data, out, seed=args.seed, resume=args.resume, device=args.device,
                    num_workers=args.workers, micro_batch=args.batch_size, amp=args.amp,
                    channels_last=args.channels_last, compile=args.compile,
-                   grad_checkpointing=args.grad_checkpointing, loss_chunk_rows=args.loss_chunk_rows)
+                   grad_checkpointing=args.grad_checkpointing, loss_chunk_rows=args.loss_chunk_rows,
+                   data_cache=args.data_cache)
     if result.is_main:  # under torchrun, rank 0 alone writes the report
         write_report(out, args.data, recipe, result, device=args.device)
 
@@ -127,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="recompute encoder blocks in the backward pass (less memory, ~1 more forward)")
     speed.add_argument("--loss-chunk-rows", type=int, default=None,
                        help="chunked loss: upsample and score this many label rows at a time")
+    speed.add_argument("--data-cache", metavar="DIR", default=None,
+                       help="read training images from a pre-decoded uint8 cache in DIR (built on first use)")
     t.set_defaults(func=_cmd_train)
 
     def model_and_test_arguments(q: argparse.ArgumentParser) -> None:  # shared by eval and predict

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from . import distributed
-from .data import open_dataset, test_transforms, train_transforms
+from .data import DecodedCache, SegmentationFolder, open_dataset, test_transforms, train_transforms
 from .evaluate import evaluate
 from .logs import plot_log
 from .losses import check_labels, total_loss
@@ -119,7 +119,7 @@ def train(recipe: Recipe, data_root: str | Path, out_dir: str | Path, seed: int 
           device: str | torch.device | None = None, num_workers: int = 0, amp: bool | None = None,
           progress: bool = True, stop_after: int | None = None, micro_batch: int | None = None,
           channels_last: bool = False, compile: bool = False, grad_checkpointing: bool = False,
-          loss_chunk_rows: int | None = None) -> TrainResult:
+          loss_chunk_rows: int | None = None, data_cache: str | Path | None = None) -> TrainResult:
     """Train ``recipe.model`` on the data set ``data_root`` names; returns the final validation metrics.
 
     Writes to ``out_dir`` (rank 0 only): ``checkpoint.pt`` (model, optimiser, schedule, RNG, step),
@@ -129,18 +129,21 @@ def train(recipe: Recipe, data_root: str | Path, out_dir: str | Path, seed: int 
     ``micro_batch``: samples per forward pass and process (default: the whole share, no accumulation).
     Speed options: ``amp`` (bf16 autocast; default on the GPU), ``channels_last`` memory format,
     ``compile`` (torch.compile), ``grad_checkpointing`` (recompute encoder blocks in the backward),
-    ``loss_chunk_rows`` (the chunked loss of segedu.losses, bands of that many rows).
+    ``loss_chunk_rows`` (the chunked loss of segedu.losses, bands of that many rows). ``data_cache``: a
+    folder for a :class:`segedu.data.DecodedCache` of the training images (folders only; built once, by
+    rank 0), so that workers read decoded pixels instead of decoding JPEG/PNG.
     """
     ctx = distributed.setup(device)
     try:
         return _train(recipe, data_root, Path(out_dir), ctx, seed, resume, num_workers, amp, progress,
-                      stop_after, micro_batch, channels_last, compile, grad_checkpointing, loss_chunk_rows)
+                      stop_after, micro_batch, channels_last, compile, grad_checkpointing, loss_chunk_rows,
+                      data_cache)
     finally:
         distributed.cleanup()
 
 
 def _train(recipe, data_root, out_dir, ctx, seed, resume, num_workers, amp, progress, stop_after,
-           micro_batch, channels_last, compile, grad_checkpointing, loss_chunk_rows) -> TrainResult:
+           micro_batch, channels_last, compile, grad_checkpointing, loss_chunk_rows, data_cache) -> TrainResult:
     device, world = ctx.device, ctx.world_size
     amp = (device.type == "cuda") if amp is None else amp  # bf16 autocast on the GPU
     micro = micro_batch or recipe.batch_size // world
@@ -153,6 +156,14 @@ def _train(recipe, data_root, out_dir, ctx, seed, resume, num_workers, amp, prog
     # data_root: an ADE20K-layout folder, parquet, save_to_disk folder or hub id (segedu.data.open_dataset)
     train_set = open_dataset(data_root, "training", reduce_zero_label=recipe.reduce_zero_label,
                              num_classes=recipe.num_classes)
+    if data_cache is not None:
+        if not isinstance(train_set, SegmentationFolder):
+            raise ValueError(f"data_cache needs an ADE20K-layout folder; {data_root!r} is {type(train_set).__name__}")
+        if ctx.is_main:
+            DecodedCache(train_set, data_cache)  # build (or check) it once ...
+        if ctx.distributed:
+            torch.distributed.barrier()
+        train_set = DecodedCache(train_set, data_cache)  # ... then every rank reads it
     val_set = open_dataset(data_root, "validation", reduce_zero_label=recipe.reduce_zero_label,
                            num_classes=recipe.num_classes,
                            transforms=test_transforms(recipe.test_short_side, recipe.test_size_divisor))

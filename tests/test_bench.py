@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 import segedu
+from segedu.data import DecodedCache
 from segedu.bench import (
-    DecodedCache,
     _b0_targets,
     bench_loader,
     bench_model,

@@ -296,3 +296,24 @@ def test_training_log_plots(tmp_path):
     assert plot_log(log, tmp_path / "curves.png").stat().st_size > 0
     with pytest.raises(FileNotFoundError, match="training log .* does not exist"):
         read_log(tmp_path / "missing.jsonl")
+
+
+def test_decoded_cache_trains_to_the_same_weights(tiny_data, tmp_path):
+    # Reading pre-decoded pixels instead of the JPEG/PNG files changes nothing but the speed.
+    recipe = tiny_recipe(iters=2, eval_every=2)
+    train(recipe, tiny_data, tmp_path / "files", progress=False, device="cpu")
+    train(recipe, tiny_data, tmp_path / "cached", progress=False, device="cpu", data_cache=tmp_path / "cache")
+    assert (tmp_path / "cache" / "index.json").exists()
+    a, b = ckpt.load(tmp_path / "files" / "checkpoint.pt"), ckpt.load(tmp_path / "cached" / "checkpoint.pt")
+    for k in a["model"]:
+        torch.testing.assert_close(b["model"][k], a["model"][k], atol=0, rtol=0, msg=k)
+    import datasets
+    files = sorted((tiny_data / "images" / "training").iterdir())[:1]
+    row = {"image": {"bytes": files[0].read_bytes(), "path": files[0].name},
+           "annotation": {"bytes": (tiny_data / "annotations" / "training" / f"{files[0].stem}.png").read_bytes(),
+                          "path": f"{files[0].stem}.png"}}
+    parquet = tmp_path / "train.parquet"
+    datasets.Dataset.from_list([row], features=datasets.Features(
+        {"image": datasets.Image(), "annotation": datasets.Image()})).to_parquet(str(parquet))
+    with pytest.raises(ValueError, match="data_cache needs an ADE20K-layout folder"):
+        train(recipe, parquet, tmp_path / "bad", progress=False, device="cpu", data_cache=tmp_path / "c2")

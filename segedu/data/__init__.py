@@ -11,6 +11,7 @@ from .ade20k import (
     read_classes,
     reduce_zero_label,
 )
+from .cache import DecodedCache
 from .hub import HubSegmentation, open_dataset
 from .synthetic import SYNTHETIC_CLASSES, ensure_synthetic, generate, render_scene
 from .transforms import (
@@ -27,6 +28,7 @@ from .transforms import (
 __all__ = [
     "ADE20K_CLASSES",
     "ADE20K_PALETTE",
+    "DecodedCache",
     "IGNORE_INDEX",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
