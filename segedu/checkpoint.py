@@ -41,7 +41,7 @@ def load(path: str | Path, map_location="cpu") -> dict:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated or foreign files
-        raise RuntimeError(f"could not read checkpoint {path}: {exc}") from exc
+        raise ValueError(f"could not read checkpoint {path}: {exc}") from exc
 
 
 def rng_state() -> dict:

@@ -1,4 +1,4 @@
-"""``segedu`` command line: ``train``, ``eval``, ``zoo``, ``data``, ``bench``."""
+"""``segedu`` command line: ``data``, ``train``, ``eval``, ``predict``, ``bench``, ``zoo``."""
 from __future__ import annotations
 
 import argparse
@@ -200,10 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .weights import CheckpointMismatchError
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as exc:
+    except (ValueError, FileNotFoundError, FloatingPointError, ConnectionError, CheckpointMismatchError) as exc:
+        # bad input (data, checkpoint, arguments), an offline hub id, or a diverged run: one clear line
         print(f"segedu {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

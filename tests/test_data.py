@@ -117,7 +117,7 @@ def test_folder_errors(tmp_path):
     )
     ds = ade20k.SegmentationFolder(tmp_path, "validation")
     assert [p.stem for p in ds.images] == ["lonely", "ok", "zz_big_label"]
-    with pytest.raises(RuntimeError, match="lonely.jpg"):
+    with pytest.raises(ValueError, match="lonely.jpg"):
         ds[0]
     ds[1]
     with pytest.raises(ValueError, match=r"zz_big_label\.png.*\[159\]"):
@@ -359,7 +359,7 @@ def test_read_and_resolve_classes(tmp_path):
 def test_decode_names_missing_and_corrupt_sources(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.jpg"):
         ade20k.decode(tmp_path / "nope.jpg", ImageReadMode.RGB)
-    with pytest.raises(RuntimeError, match="row 3"):
+    with pytest.raises(ValueError, match="row 3"):
         ade20k.decode(b"garbage", ImageReadMode.RGB, where="row 3")
     png = encode_png(torch.arange(6, dtype=torch.uint8).view(1, 2, 3))
     assert ade20k.decode(bytes(png.numpy()), ImageReadMode.UNCHANGED).tolist() == [[[0, 1, 2], [3, 4, 5]]]

@@ -154,7 +154,7 @@ def test_readable_errors(ade, stores, tmp_path):
         open_dataset(tmp_path / "renamed.parquet", "validation")
     corrupt = dict(rows["validation"][0], image={"bytes": b"not a jpeg", "path": "broken.jpg"})
     _table([corrupt]).to_parquet(str(tmp_path / "corrupt.parquet"))
-    with pytest.raises(RuntimeError, match="broken.jpg"):
+    with pytest.raises(ValueError, match="broken.jpg"):
         open_dataset(tmp_path / "corrupt.parquet", "validation")[0]
     with pytest.raises(FileNotFoundError, match="no such folder"):
         open_dataset(tmp_path / "missing.parquet", "validation")

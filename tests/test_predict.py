@@ -111,8 +111,16 @@ def test_missing_and_corrupt_images_are_named(trained, images, tmp_path, capsys)
     assert not (tmp_path / "out" / "street_mask.png").exists()  # checked before any work
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
     model, settings, facts = load_model(trained, device="cpu")
-    with pytest.raises(RuntimeError, match="broken.jpg"):
+    with pytest.raises(ValueError, match="broken.jpg"):
         predict_files(model, [tmp_path / "broken.jpg"], tmp_path / "out", settings, facts["num_classes"])
+    capsys.readouterr()
+    assert cli_main(["predict", "--checkpoint", str(trained), str(tmp_path / "broken.jpg"),
+                     "--out", str(tmp_path / "out")]) == 2  # one line naming the file, no traceback
+    assert "segedu predict: error: could not decode" in capsys.readouterr().err
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    assert cli_main(["predict", "--checkpoint", str(tmp_path / "bad.pt"), str(images[0]),
+                     "--out", str(tmp_path / "out")]) == 2
+    assert "could not read checkpoint" in capsys.readouterr().err
     with pytest.raises(ValueError, match="named \\['street'\\]"):
         predict_files(model, [images[0], images[0]], tmp_path / "out", settings, facts["num_classes"])
 

@@ -81,7 +81,7 @@ def test_checkpoint_is_atomic_and_weights_only(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(RuntimeError, match="could not read checkpoint"):
+    with pytest.raises(ValueError, match="could not read checkpoint"):
         ckpt.load(tmp_path / "bad.pt")
 
 

@@ -312,4 +312,4 @@ def decode(source: str | Path | bytes, mode: ImageReadMode, where: str | None = 
         with quiet_codec_warnings():
             return decode_image(data, mode=mode)
     except (RuntimeError, ValueError, OSError) as err:
-        raise RuntimeError(f"could not decode {where}: {err}") from err
+        raise ValueError(f"could not decode {where}: {err}") from err
