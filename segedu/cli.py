@@ -16,8 +16,13 @@ def _cmd_train(args) -> None:
     from .recipes import get_recipe
     from .report import write_report
     from .train import train
+    classes = None
+    if args.classes:  # a custom dataset: its class list sets the number of classes
+        from .data import read_classes
+        classes = read_classes(args.classes)
     recipe = get_recipe(args.config or f"{args.model or 'segformer-b0'}-ade20k").with_overrides(
-        model=args.model, iters=args.iters, crop_size=args.crop, lr=args.lr)
+        model=args.model, iters=args.iters, crop_size=args.crop, lr=args.lr,
+        num_classes=len(classes) if classes else None, reduce_zero_label=args.reduce_zero_label)
     out = Path(args.out or f"runs/{recipe.model}")
     result = train(recipe, args.data, out, seed=args.seed, resume=args.resume, device=args.device,
                    num_workers=args.workers, micro_batch=args.batch_size, amp=args.amp,
@@ -25,7 +30,7 @@ def _cmd_train(args) -> None:
                    grad_checkpointing=args.grad_checkpointing, loss_chunk_rows=args.loss_chunk_rows,
                    data_cache=args.data_cache)
     if result.is_main:  # under torchrun, rank 0 alone writes the report
-        write_report(out, args.data, recipe, result, device=args.device)
+        write_report(out, args.data, recipe, result, device=args.device, classes=classes)
 
 
 def _model_source(args) -> dict:
@@ -119,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--workers", type=int, default=0)
     t.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    t.add_argument("--classes", help="custom dataset: text file of class names, one per line")
+    t.add_argument("--reduce-zero-label", action=argparse.BooleanOptionalAction, default=None,
+                   help="shift labels by -1 (0 -> 255 ignore); default: the recipe's (on for ADE20K)")
     speed = t.add_argument_group("speed options")
     speed.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                        help="bf16 autocast (default: on for cuda)")

@@ -317,3 +317,27 @@ def test_decoded_cache_trains_to_the_same_weights(tiny_data, tmp_path):
         {"image": datasets.Image(), "annotation": datasets.Image()})).to_parquet(str(parquet))
     with pytest.raises(ValueError, match="data_cache needs an ADE20K-layout folder"):
         train(recipe, parquet, tmp_path / "bad", progress=False, device="cpu", data_cache=tmp_path / "c2")
+
+
+def test_cli_train_on_a_custom_dataset_with_its_class_list(tmp_path, monkeypatch, capsys):
+    from torchvision.io import encode_jpeg, encode_png, write_file
+    g = torch.Generator().manual_seed(0)
+    root = tmp_path / "custom"
+    for split, n in (("training", 4), ("validation", 2)):
+        for kind in ("images", "annotations"):
+            (root / kind / split).mkdir(parents=True)
+        for i in range(n):
+            mask = torch.randint(1, 4, (1, 48, 64), dtype=torch.uint8, generator=g)  # PNG values 1..3 (0 = other)
+            write_file(str(root / "images" / split / f"x{i}.jpg"), encode_jpeg(mask.expand(3, -1, -1) * 60))
+            write_file(str(root / "annotations" / split / f"x{i}.png"), encode_png(mask))
+    (tmp_path / "classes.txt").write_text("road\nbuilding\nsky\n")
+    monkeypatch.setitem(RECIPES, "tiny", tiny_recipe(iters=2, crop_size=32))
+    args = ["train", "--config", "tiny", "--data", str(root), "--out", str(tmp_path / "run"), "--device", "cpu"]
+    assert cli_main(args + ["--classes", str(tmp_path / "classes.txt")]) == 0
+    state = ckpt.load(tmp_path / "run" / "checkpoint.pt")
+    assert state["recipe"]["num_classes"] == 3 and state["model"]["decoder.linear_pred.weight"].shape[0] == 3
+    assert "building" in capsys.readouterr().out  # the IoU table names the custom classes
+    # Without reduce_zero_label, value 3 is out of range for 3 classes: a clear error, no training.
+    assert cli_main(args + ["--classes", str(tmp_path / "classes.txt"), "--no-reduce-zero-label",
+                            "--out", str(tmp_path / "run2")]) == 2
+    assert "x0.png: label values [3] are outside [0, 3)" in capsys.readouterr().err
