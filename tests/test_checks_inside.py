@@ -11,13 +11,14 @@ def fails(check, arg, match):
         check(arg)
 
 
-def erf_variant(*, centre="floor", absolute="per_channel", images="all", normalise=True, in_place=False):
+def erf_variant(*, centre="floor", relu=True, absolute="per_channel", images="all", normalise=True, in_place=False):
     def erf_map(model, imgs):
         x = imgs.requires_grad_(True) if in_place else imgs.clone().requires_grad_(True)
         out = model(x)
         h, w = out.shape[-2:]
         i, j = (h // 2, w // 2) if centre == "floor" else ((h - 1) // 2, (w - 1) // 2)
-        target = out.sum() if centre == "all" else out[:, :, i, j].sum()
+        target = out if centre == "all" else out[:, :, i, j]
+        target = (target.relu() if relu else target).sum()
         (grad,) = torch.autograd.grad(target, x)
         if images == "first":
             grad = grad[:1]
@@ -49,6 +50,22 @@ def test_reference_passes(check, reference, name, capsys):
     check(reference)
     out = capsys.readouterr().out
     assert out.startswith(f"{name} passed:") and out.count("\n") == 1
+
+
+class ChannelLayerNorm(torch.nn.LayerNorm):
+    """LayerNorm over the channels of a [B, C, H, W] map (how the encoders' stages end)."""
+
+    def forward(self, x):
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def test_erf_without_relu_vanishes_after_a_layernorm():
+    # Why the check wants the ReLU: the channels of a LayerNorm output (unit scale) sum to a constant.
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), ChannelLayerNorm(6))
+    x = torch.randn(2, 3, 9, 9, requires_grad=True)
+    (grad,) = torch.autograd.grad(net(x)[:, :, 4, 4].sum(), x)
+    assert grad.abs().max() < 1e-5
+    assert erf_variant()(net, x.detach()).isfinite().all()
 
 
 def test_window_flops_formula_matches_the_counter():
@@ -83,6 +100,7 @@ def test_checks_leave_the_global_rng_alone():
     (dict(centre="all"), "whole output"),
     (dict(centre="ceil"), r"\(\(h - 1\) // 2"),
     (dict(normalise=False), "not divided by its maximum"),
+    (dict(relu=False), "without the ReLU"),
     (dict(absolute="per_image"), "one map per image"),
     (dict(in_place=True), "caller's images were changed"),
 ])

@@ -22,9 +22,9 @@ def _small_conv_net() -> nn.Module:
                          nn.Conv2d(8, 4, 3, stride=2, padding=1))
 
 
-def _erf_reference(model: nn.Module, images: torch.Tensor, *, centre: str = "floor", reduce: str = "abs_sum",
-                   images_used: str = "all", normalise: bool = True) -> torch.Tensor:
-    """|d (centre feature, summed over channels) / d input|, summed over RGB, averaged over images, max 1.
+def _erf_reference(model: nn.Module, images: torch.Tensor, *, centre: str = "floor", relu: bool = True,
+                   reduce: str = "abs_sum", images_used: str = "all", normalise: bool = True) -> torch.Tensor:
+    """|d (ReLU'd centre feature, summed over channels) / d input|, summed over RGB, averaged over images, max 1.
 
     The switches reproduce the classic mistakes.
     """
@@ -37,6 +37,8 @@ def _erf_reference(model: nn.Module, images: torch.Tensor, *, centre: str = "flo
         target = out[:, :, (h - 1) // 2, (w - 1) // 2]
     else:  # "all": every output position
         target = out
+    if relu:
+        target = target.relu()
     (grad,) = torch.autograd.grad(target.sum(), x)  # [B, 3, H, W]
     if images_used == "first":
         grad = grad[:1]
@@ -53,7 +55,7 @@ def check_erf_map(fn: Callable) -> None:
     """``fn(model, images [B, 3, H, W]) -> erf [H, W]``.
 
     ``model(images)`` is a feature map ``[B, C, h, w]``. The ERF map is the gradient of the centre feature
-    ``out[:, :, h // 2, w // 2]`` (summed over its channels) with respect to the input, in absolute value,
+    ``out[:, :, h // 2, w // 2]`` (ReLU, then summed over its channels) with respect to the input, in absolute value,
     summed over the colour channels, averaged over the images and divided by its maximum. Checked on a small
     conv net with seeded random weights.
     """
@@ -97,11 +99,14 @@ def check_erf_map(fn: Callable) -> None:
              "centre feature out[:, :, h // 2, w // 2].", lambda: f(centre="all")),
             ("the centre is taken at ((h - 1) // 2, (w - 1) // 2); use (h // 2, w // 2).",
              lambda: f(centre="ceil")),
+            ("the channels of the centre feature are summed without the ReLU. After a LayerNorm (the last layer of "
+             "most stages) the channels sum to a constant, so that gradient is zero: apply .relu() before .sum().",
+             lambda: f(relu=False)),
             ("the map is not divided by its maximum (so that maps of different models compare, the largest value "
              "is 1).", lambda: f(normalise=False)),
         ]
         _diagnose(f"{where} (images {tuple(images.shape)})", out, expected.detach(), candidates,
-                  "Expected (|d out[:, :, h//2, w//2].sum() / d x|).sum(colour).mean(images) / max.")
+                  "Expected (|d relu(out[:, :, h//2, w//2]).sum() / d x|).sum(colour).mean(images) / max.")
     _passed(where, len(cases), "the gradient-based ERF of a small conv net")
 
 
