@@ -12,10 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display needed on a training node
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure  # not pyplot: writing a file must not change a notebook's backend
 
 
 def read_log(path: str | Path) -> tuple[list[dict], list[dict]]:
@@ -41,7 +38,8 @@ def plot_log(log_path: str | Path, out_path: str | Path, smooth: int = 10) -> Pa
     learning rate (log scale: the warm-up starts at 1e-6 x lr) and validation mIoU."""
     train, val = read_log(log_path)
     steps, losses = [r["step"] for r in train], [r["loss"] for r in train]
-    fig, (ax_loss, ax_lr, ax_miou) = plt.subplots(1, 3, figsize=(12, 3.2))
+    fig = Figure(figsize=(12, 3.2))
+    ax_loss, ax_lr, ax_miou = fig.subplots(1, 3)
     ax_loss.plot(steps, losses, alpha=0.35, label="loss")
     ax_loss.plot(steps, moving_average(losses, smooth), label=f"mean of {smooth}")
     ax_loss.set(title="training loss", xlabel="iteration", ylabel="cross-entropy")
@@ -54,5 +52,4 @@ def plot_log(log_path: str | Path, out_path: str | Path, smooth: int = 10) -> Pa
     ax_miou.set(title="validation mIoU", xlabel="iteration", ylabel="mIoU", ylim=(0, 1))
     fig.tight_layout()
     fig.savefig(out_path, dpi=80)
-    plt.close(fig)
     return Path(out_path)
