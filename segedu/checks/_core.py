@@ -110,6 +110,16 @@ def _copy_weights(student: nn.Module, reference: nn.Module, where: str, hints: d
     student.load_state_dict(ref)
 
 
+def _reference_and_yours(reference_cls, cls, args: tuple, seed: int, where: str,
+                         hints: dict[str, str]) -> tuple[nn.Module, nn.Module]:
+    """segedu's module with seeded random weights, and the learner's built with the same arguments and given
+    the same weights (both in eval mode). Call it inside ``_seeded``: building modules draws random numbers."""
+    reference = _randomize_(reference_cls(*args), seed).eval()
+    yours = _build(cls, args, where).eval()
+    _copy_weights(yours, reference, where, hints)
+    return reference, yours
+
+
 def _run(where: str, fn: Callable, *args):
     try:
         with torch.no_grad():

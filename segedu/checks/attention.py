@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from ._core import _build, _copy_weights, _diagnose, _expect_tensor, _fail, _passed, _randomize_, _run, _seeded
+from ._core import _reference_and_yours, _diagnose, _expect_tensor, _fail, _passed, _run, _seeded
 
 __all__ = ["check_scaled_dot_product_attention", "check_multi_head_self_attention"]
 
@@ -115,9 +115,7 @@ def check_multi_head_self_attention(cls: type) -> None:
     for i, (args, (B, N)) in enumerate(cases):
         dim, heads = args
         with _seeded(210 + i):
-            ref = _randomize_(MultiHeadSelfAttention(*args), 210 + i).eval()
-            mine = _build(cls, args, where).eval()
-            _copy_weights(mine, ref, where, hints)
+            ref, mine = _reference_and_yours(MultiHeadSelfAttention, cls, args, 210 + i, where, hints)
             x = 2 * torch.randn(B, N, dim)  # larger inputs: sharper attention, so a wrong scale shows
         out = _run(where, mine, x)
         expected = _run(where, ref, x)

@@ -7,8 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._core import (_build, _copy_weights, _diagnose, _expect_tensor, _fail, _passed,
-                    _randomize_, _run, _seeded, _to_map, _to_tokens)
+from ._core import (_reference_and_yours, _diagnose, _expect_tensor, _fail, _passed,
+                    _run, _seeded, _to_map, _to_tokens)
 
 __all__ = ["check_overlap_patch_embed", "check_efficient_attention", "check_mix_ffn", "check_block",
            "check_mit_stage", "check_segformer_head", "check_seg_loss"]
@@ -27,9 +27,7 @@ def check_overlap_patch_embed(cls: type) -> None:
     cases = [((3, 16, 7, 4), (2, 3, 37, 50)), ((16, 24, 3, 2), (1, 16, 13, 10)), ((8, 12, 3, 2), (2, 8, 8, 8))]
     for i, (args, xshape) in enumerate(cases):
         with _seeded(10 + i):
-            ref = _randomize_(OverlapPatchEmbed(*args), 10 + i).eval()
-            mine = _build(cls, args, where).eval()
-            _copy_weights(mine, ref, where, hints)
+            ref, mine = _reference_and_yours(OverlapPatchEmbed, cls, args, 10 + i, where, hints)
             x = torch.randn(xshape)
         out = _run(where, mine, x)
         tokens, (h, w) = _run(where, ref, x)
@@ -132,9 +130,7 @@ def check_efficient_attention(cls: type) -> None:
     for i, (args, (B, h, w)) in enumerate(cases):
         dim, heads, sr = args
         with _seeded(20 + i):
-            ref = _randomize_(EfficientSelfAttention(*args), 20 + i).eval()
-            mine = _build(cls, args, where).eval()
-            _copy_weights(mine, ref, where, hints)
+            ref, mine = _reference_and_yours(EfficientSelfAttention, cls, args, 20 + i, where, hints)
             x = torch.randn(B, h * w, dim)
         out = _run(where, mine, x, (h, w))
         expected = _run(where, ref, x, (h, w))
@@ -202,9 +198,7 @@ def check_mix_ffn(cls: type) -> None:
     cases = [((8, 32), (2, 5, 7)), ((12, 48), (1, 6, 6)), ((16, 16), (2, 3, 8))]
     for i, (args, (B, h, w)) in enumerate(cases):
         with _seeded(30 + i):
-            ref = _randomize_(MixFFN(*args), 30 + i).eval()
-            mine = _build(cls, args, where).eval()
-            _copy_weights(mine, ref, where, hints)
+            ref, mine = _reference_and_yours(MixFFN, cls, args, 30 + i, where, hints)
             x = torch.randn(B, h * w, args[0])
         out = _run(where, mine, x, (h, w))
         expected = _run(where, ref, x, (h, w))
@@ -246,9 +240,7 @@ def check_block(cls: type) -> None:
     cases = [((16, 2, 2, 2, 0.0), (2, 6, 8)), ((8, 1, 1, 4, 0.0), (1, 5, 3)), ((24, 3, 4, 2, 0.1), (1, 8, 12))]
     for i, (args, (B, h, w)) in enumerate(cases):
         with _seeded(40 + i):
-            ref = _randomize_(Block(*args), 40 + i).eval()
-            mine = _build(cls, args, where).eval()
-            _copy_weights(mine, ref, where, hints)
+            ref, mine = _reference_and_yours(Block, cls, args, 40 + i, where, hints)
             x = torch.randn(B, h * w, args[0])
         out = _run(where, mine, x, (h, w))
         expected = _run(where, ref, x, (h, w))
@@ -316,9 +308,7 @@ def check_mit_stage(cls: type) -> None:
              ((16, 24, 1, 3, 2, 2, 3, 2, [0.0]), (1, 16, 10, 14))]
     for i, (args, xshape) in enumerate(cases):
         with _seeded(50 + i):
-            ref = _randomize_(MiTStage(*args), 50 + i).eval()
-            mine = _build(cls, args, where).eval()
-            _copy_weights(mine, ref, where, hints)
+            ref, mine = _reference_and_yours(MiTStage, cls, args, 50 + i, where, hints)
             x = torch.randn(xshape)
         out = _run(where, mine, x)
         expected = _run(where, ref, x)
@@ -385,9 +375,7 @@ def check_segformer_head(cls: type) -> None:
              (((4, 8, 8, 12), 8, 3, 0.0), 1, [(8, 8), (4, 4), (2, 2), (1, 1)])]
     for i, (args, B, sizes) in enumerate(cases):
         with _seeded(60 + i):
-            ref = _randomize_(SegFormerHead(*args), 60 + i).eval()
-            mine = _build(cls, args, where).eval()
-            _copy_weights(mine, ref, where, hints)
+            ref, mine = _reference_and_yours(SegFormerHead, cls, args, 60 + i, where, hints)
             feats = [torch.randn(B, c, *s) for c, s in zip(args[0], sizes)]
         out = _run(where, mine, feats)
         expected = _run(where, ref, feats)

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._core import _build, _close, _copy_weights, _diagnose, _expect_tensor, _fail, _passed, _randomize_, _run, _seeded
+from ._core import _reference_and_yours, _close, _diagnose, _expect_tensor, _fail, _passed, _run, _seeded
 
 __all__ = ["check_msca", "check_nmf"]
 
@@ -55,9 +55,7 @@ def check_msca(cls: type) -> None:
     cases = [((8,), (2, 8, 13, 24)), ((12,), (1, 12, 23, 9)), ((4,), (2, 4, 6, 6))]
     for i, (args, xshape) in enumerate(cases):
         with _seeded(110 + i):
-            ref = _randomize_(MSCA(*args), 110 + i).eval()
-            mine = _build(cls, args, where).eval()
-            _copy_weights(mine, ref, where, hints)
+            ref, mine = _reference_and_yours(MSCA, cls, args, 110 + i, where, hints)
             x = torch.randn(xshape)
         H, W = xshape[-2:]
         # Shape problems first, piece by piece: a wrong padding shows up as a wrong size of one conv's output.

@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from ._core import _build, _copy_weights, _diagnose, _expect_tensor, _fail, _passed, _randomize_, _run, _seeded
+from ._core import _reference_and_yours, _diagnose, _expect_tensor, _fail, _passed, _run, _seeded
 
 __all__ = ["check_vit_block", "check_mla_top_down"]
 
@@ -53,9 +53,7 @@ def check_vit_block(cls: type) -> None:
     for i, (args, (B, N)) in enumerate(cases):
         dim, heads = args[0], args[1]
         with _seeded(300 + i):
-            ref = _randomize_(Block(*args), 300 + i).eval()
-            mine = _build(cls, args, where).eval()
-            _copy_weights(mine, ref, where, hints)
+            ref, mine = _reference_and_yours(Block, cls, args, 300 + i, where, hints)
             x = torch.randn(B, N, dim)
         for name in ("norm1", "norm2"):
             norm = getattr(mine, name, None)

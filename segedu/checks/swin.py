@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 
-from ._core import _build, _copy_weights, _diagnose, _expect_tensor, _fail, _passed, _randomize_, _run, _seeded
+from ._core import _reference_and_yours, _diagnose, _expect_tensor, _fail, _passed, _randomize_, _run, _seeded
 
 __all__ = ["check_window_partition", "check_shifted_window_attention", "check_patch_merging"]
 
@@ -187,9 +187,7 @@ def check_patch_merging(cls: type) -> None:
     cases = [(6, (2, 8, 6)), (4, (1, 4, 10)), (8, (1, 2, 2))]  # dim, (B, H, W)
     for i, (dim, (B, H, W)) in enumerate(cases):
         with _seeded(440 + i):
-            ref = _randomize_(PatchMerging(dim), 440 + i).eval()
-            mine = _build(cls, (dim,), where).eval()
-            _copy_weights(mine, ref, where, hints)
+            ref, mine = _reference_and_yours(PatchMerging, cls, (dim,), 440 + i, where, hints)
             x = torch.randn(B, H, W, dim)
         out = _run(where, mine, x)
         expected = _run(where, ref, x)

@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
