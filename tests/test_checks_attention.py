@@ -10,10 +10,7 @@ from einops import rearrange
 from segedu import checks
 from segedu.layers import MultiHeadSelfAttention
 
-
-def fails(check, arg, match):
-    with pytest.raises(AssertionError, match=match):
-        check(arg)
+from check_contract import Stub, assert_passes_quietly, assert_stub_passes_through, fails, stub
 
 
 def attention(q, k, v, mask=None, scale=None, softmax_dim=-1, mask_after=False, mask_added_after=False):
@@ -49,14 +46,15 @@ def mistake(**bug):
     return lambda dim, heads: MHSA(dim, heads, **bug)
 
 
-def test_references_pass(capsys):
-    checks.check_scaled_dot_product_attention(attention)
-    checks.check_scaled_dot_product_attention(lambda q, k, v, mask=None: F.scaled_dot_product_attention(q, k, v, mask))
-    checks.check_multi_head_self_attention(MultiHeadSelfAttention)
-    checks.check_multi_head_self_attention(MHSA)
-    lines = capsys.readouterr().out.splitlines()
-    assert [line.split(" passed:")[0] for line in lines] == ["check_scaled_dot_product_attention"] * 2 + [
-        "check_multi_head_self_attention"] * 2
+@pytest.mark.parametrize("check,reference,name", [
+    (checks.check_scaled_dot_product_attention, attention, "check_scaled_dot_product_attention"),
+    (checks.check_scaled_dot_product_attention,
+     lambda q, k, v, mask=None: F.scaled_dot_product_attention(q, k, v, mask), "check_scaled_dot_product_attention"),
+    (checks.check_multi_head_self_attention, MultiHeadSelfAttention, "check_multi_head_self_attention"),
+    (checks.check_multi_head_self_attention, MHSA, "check_multi_head_self_attention"),
+], ids=["by_hand", "torch_sdpa", "segedu_mhsa", "mhsa_by_hand"])
+def test_reference_passes_quietly_and_leaves_the_global_rng_alone(check, reference, name, capsys):
+    assert_passes_quietly(capsys, name, check, reference)
 
 
 def test_scaled_dot_product_attention_mistakes():
@@ -86,25 +84,9 @@ def test_multi_head_self_attention_mistakes():
     fails(check, NoProj, r"missing proj.weight(.|\n)*Hint: The heads are merged by the output projection")
 
 
-def test_unsolved_exercises_raise_not_implemented():
-    def stub(*args, **kwargs):
-        raise NotImplementedError()
-
-    class Stub(nn.Module):
-        def __init__(self, *args):
-            super().__init__()
-            raise NotImplementedError()
-
-    with pytest.raises(NotImplementedError):
-        checks.check_scaled_dot_product_attention(stub)
-    with pytest.raises(NotImplementedError):
-        checks.check_multi_head_self_attention(Stub)
-
-
-def test_checks_leave_the_global_rng_alone():
-    torch.manual_seed(123)
-    expected = torch.rand(3)
-    torch.manual_seed(123)
-    checks.check_scaled_dot_product_attention(attention)
-    checks.check_multi_head_self_attention(MultiHeadSelfAttention)
-    assert torch.equal(torch.rand(3), expected)
+@pytest.mark.parametrize("check,unsolved", [
+    (checks.check_scaled_dot_product_attention, stub),
+    (checks.check_multi_head_self_attention, Stub),
+])
+def test_unsolved_exercises_raise_not_implemented(check, unsolved):
+    assert_stub_passes_through(check, unsolved)

@@ -7,6 +7,8 @@ from segedu import checks
 from segedu.evaluate import slide_logits, slide_windows
 from segedu.metrics import SegMetrics
 
+from check_contract import assert_passes_quietly, assert_stub_passes_through, fails, stub
+
 
 def confusion_matrix(pred, target, num_classes, ignore_index=255):
     m = SegMetrics(num_classes, ignore_index)
@@ -20,31 +22,22 @@ def iou_from_confusion(cm):
     return inter / (cm.sum(0) + cm.sum(1) - inter)
 
 
-def fails(check, args, match):
-    with pytest.raises(AssertionError, match=match):
-        check(*args)
-
-
-def test_references_pass(capsys):
+@pytest.mark.parametrize("check,args,name", [
+    (checks.check_confusion_iou, (confusion_matrix, iou_from_confusion), "check_confusion_iou"),
+    (checks.check_slide_logits, (slide_logits,), "check_slide_logits"),
+], ids=["confusion_iou", "slide_logits"])
+def test_reference_passes_quietly_and_leaves_the_global_rng_alone(check, args, name, capsys):
     torch.manual_seed(5)
-    state = torch.get_rng_state()
-    checks.check_confusion_iou(confusion_matrix, iou_from_confusion)
-    checks.check_slide_logits(slide_logits)
-    lines = capsys.readouterr().out.splitlines()
-    assert [line.split(" passed:")[0] for line in lines] == ["check_confusion_iou", "check_slide_logits"]
-    assert torch.equal(torch.get_rng_state(), state)  # the learner's RNG stream is left alone
+    assert_passes_quietly(capsys, name, check, *args)
 
 
-def test_unsolved_exercises_raise_not_implemented():
-    def stub(*args):
-        raise NotImplementedError()
-
-    with pytest.raises(NotImplementedError):
-        checks.check_confusion_iou(stub, iou_from_confusion)
-    with pytest.raises(NotImplementedError):
-        checks.check_confusion_iou(confusion_matrix, stub)
-    with pytest.raises(NotImplementedError):
-        checks.check_slide_logits(stub)
+@pytest.mark.parametrize("check,args", [
+    (checks.check_confusion_iou, (stub, iou_from_confusion)),
+    (checks.check_confusion_iou, (confusion_matrix, stub)),
+    (checks.check_slide_logits, (stub,)),
+], ids=["confusion_matrix", "iou_from_confusion", "slide_logits"])
+def test_unsolved_exercises_raise_not_implemented(check, args):
+    assert_stub_passes_through(check, *args)
 
 
 # ------------------------------------------------------------------------ confusion matrix and IoU
@@ -57,15 +50,15 @@ def test_confusion_iou_mistakes():
     def no_filter(pred, target, k, ignore_index=255):  # crashes on 255 in reshape
         return torch.bincount(target.flatten() * k + pred.flatten(), minlength=k * k).reshape(k, k)
 
-    fails(check, (lambda *a: confusion_matrix(*a).T, iou_from_confusion), "rows and columns are swapped")
-    fails(check, (counted_as_last, iou_from_confusion), "ignored pixels \\(label 255\\) were counted")
-    fails(check, (no_filter, iou_from_confusion), "drop the pixels whose label is ignore_index")
-    fails(check, (lambda *a: confusion_matrix(*a) / confusion_matrix(*a).sum(1, keepdim=True), iou_from_confusion),
+    fails(check, lambda *a: confusion_matrix(*a).T, iou_from_confusion, "rows and columns are swapped")
+    fails(check, counted_as_last, iou_from_confusion, "ignored pixels \\(label 255\\) were counted")
+    fails(check, no_filter, iou_from_confusion, "drop the pixels whose label is ignore_index")
+    fails(check, lambda *a: confusion_matrix(*a) / confusion_matrix(*a).sum(1, keepdim=True), iou_from_confusion,
           "returned fractions")
-    fails(check, (confusion_matrix, lambda cm: iou_from_confusion(cm).nan_to_num(0.0)), "must be NaN")
-    fails(check, (confusion_matrix, lambda cm: cm.diag() / (cm.sum(0) + cm.sum(1))), "not subtracted")
-    fails(check, (confusion_matrix, lambda cm: cm.diag() / cm.sum(1)), "recall")
-    fails(check, (confusion_matrix, lambda cm: iou_from_confusion(cm).nanmean()), "shape")
+    fails(check, confusion_matrix, lambda cm: iou_from_confusion(cm).nan_to_num(0.0), "must be NaN")
+    fails(check, confusion_matrix, lambda cm: cm.diag() / (cm.sum(0) + cm.sum(1)), "not subtracted")
+    fails(check, confusion_matrix, lambda cm: cm.diag() / cm.sum(1), "recall")
+    fails(check, confusion_matrix, lambda cm: iou_from_confusion(cm).nanmean(), "shape")
 
 
 # ------------------------------------------------------------------------ sliding-window inference
@@ -85,11 +78,11 @@ def _slide(model, image, crop, stride, k, *, divide=True, align=True):
 
 def test_slide_logits_mistakes():
     check = checks.check_slide_logits
-    fails(check, (lambda *a: _slide(*a, divide=False),), "summed but not divided")
-    fails(check, (lambda *a: _slide(*a, align=False),), "not aligned to the border")
-    fails(check, (lambda m, x, c, s, k: slide_logits(m, x, c, s, k).softmax(1),), "values differ")
-    fails(check, (lambda m, x, c, s, k: slide_logits(m, x, c, s, k)[..., :-1],), "output shape")
-    fails(check, (lambda m, x, c, s, k: F.interpolate(m(x), size=x.shape[-2:], mode="bilinear"),), "values differ")
+    fails(check, lambda *a: _slide(*a, divide=False), "summed but not divided")
+    fails(check, lambda *a: _slide(*a, align=False), "not aligned to the border")
+    fails(check, lambda m, x, c, s, k: slide_logits(m, x, c, s, k).softmax(1), "values differ")
+    fails(check, lambda m, x, c, s, k: slide_logits(m, x, c, s, k)[..., :-1], "output shape")
+    fails(check, lambda m, x, c, s, k: F.interpolate(m(x), size=x.shape[-2:], mode="bilinear"), "values differ")
 
 
 def test_slide_logits_reference_matches_whole_image_when_one_window():

@@ -1,16 +1,12 @@
 """Notebook 06's checks: they pass on segedu's reference and name each planted classic mistake."""
 import pytest
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from segedu import checks
 from segedu.models import segnext as nx
 
-
-def fails(check, arg, match):
-    with pytest.raises(AssertionError, match=match):
-        check(arg)
+from check_contract import Stub, assert_passes_quietly, assert_stub_passes_through, fails, stub
 
 
 def _nmf(x, bases, steps, eps):
@@ -22,34 +18,13 @@ def _nmf(x, bases, steps, eps):
     (checks.check_msca, nx.MSCA, "check_msca"),
     (checks.check_nmf, _nmf, "check_nmf"),
 ])
-def test_reference_passes(check, reference, name, capsys):
-    check(reference)
-    out = capsys.readouterr().out
-    assert out.startswith(f"{name} passed:") and out.count("\n") == 1
+def test_reference_passes_quietly_and_leaves_the_global_rng_alone(check, reference, name, capsys):
+    assert_passes_quietly(capsys, name, check, reference)
 
 
-def test_unsolved_exercises_raise_not_implemented():
-    class Stub(nn.Module):
-        def __init__(self, *args):
-            super().__init__()
-            raise NotImplementedError()
-
-    def stub(*args):
-        raise NotImplementedError()
-
-    with pytest.raises(NotImplementedError):
-        checks.check_msca(Stub)
-    with pytest.raises(NotImplementedError):
-        checks.check_nmf(stub)
-
-
-def test_checks_leave_the_global_rng_alone():
-    torch.manual_seed(3)
-    expected = torch.rand(4)
-    torch.manual_seed(3)
-    checks.check_msca(nx.MSCA)
-    checks.check_nmf(_nmf)
-    assert torch.equal(torch.rand(4), expected)
+@pytest.mark.parametrize("check,unsolved", [(checks.check_msca, Stub), (checks.check_nmf, stub)])
+def test_unsolved_exercises_raise_not_implemented(check, unsolved):
+    assert_stub_passes_through(check, unsolved)
 
 
 # ---------------------------------------------------------------------------- MSCA

@@ -1,16 +1,12 @@
 """The notebook-03 checks pass on segedu's reference and name each planted classic mistake."""
 import pytest
-import torch
 import torch.nn as nn
 from einops import rearrange
 
 from segedu import checks
 from segedu.models import setr
 
-
-def fails(check, arg, match):
-    with pytest.raises(AssertionError, match=match):
-        check(arg)
+from check_contract import Stub, assert_passes_quietly, assert_stub_passes_through, fails, stub
 
 
 def top_down(c):
@@ -24,34 +20,13 @@ def top_down(c):
     (checks.check_vit_block, setr.Block, "check_vit_block"),
     (checks.check_mla_top_down, top_down, "check_mla_top_down"),
 ])
-def test_reference_passes(check, reference, name, capsys):
-    check(reference)
-    out = capsys.readouterr().out
-    assert out.startswith(f"{name} passed:") and out.count("\n") == 1
+def test_reference_passes_quietly_and_leaves_the_global_rng_alone(check, reference, name, capsys):
+    assert_passes_quietly(capsys, name, check, reference)
 
 
-def test_unsolved_exercises_raise_not_implemented():
-    class Stub(nn.Module):
-        def __init__(self, *args):
-            super().__init__()
-            raise NotImplementedError()
-
-    def stub(c):
-        raise NotImplementedError()
-
-    with pytest.raises(NotImplementedError):
-        checks.check_vit_block(Stub)
-    with pytest.raises(NotImplementedError):
-        checks.check_mla_top_down(stub)
-
-
-def test_checks_leave_the_global_rng_alone():
-    torch.manual_seed(7)
-    expected = torch.rand(3)
-    torch.manual_seed(7)
-    checks.check_vit_block(setr.Block)
-    checks.check_mla_top_down(top_down)
-    assert torch.equal(torch.rand(3), expected)
+@pytest.mark.parametrize("check,unsolved", [(checks.check_vit_block, Stub), (checks.check_mla_top_down, stub)])
+def test_unsolved_exercises_raise_not_implemented(check, unsolved):
+    assert_stub_passes_through(check, unsolved)
 
 
 # ---------------------------------------------------------------------------- the ViT block

@@ -7,49 +7,36 @@ from einops import rearrange
 from segedu import checks
 from segedu.models import ssformer as ssf
 
+from check_contract import Stub, assert_passes_quietly, assert_stub_passes_through, fails, stub
+
 
 def swin_attention(x, attn, ws, shift):
-    """SW-MSA through segedu's SwinBlock (H, W multiples of ws)."""
-    block = ssf.SwinBlock(x.shape[-1], attn.num_heads, ws, shift, 4.0, 0.0)
+    """SW-MSA through segedu's SwinBlock (H, W multiples of ws), built on a forked RNG: the caller's stream stays."""
+    with torch.random.fork_rng(devices=[]):
+        block = ssf.SwinBlock(x.shape[-1], attn.num_heads, ws, shift, 4.0, 0.0)
     block.attn = attn
     mask = ssf.shift_window_mask(x.shape[1], x.shape[2], ws, shift) if shift else None
     return block.window_attention(x, mask)
 
 
-def test_references_pass(capsys):
-    checks.check_window_partition(ssf.window_partition, ssf.window_reverse)
-    checks.check_shifted_window_attention(swin_attention)
-    checks.check_patch_merging(ssf.PatchMerging)
-    lines = capsys.readouterr().out.splitlines()
-    assert [line.split(" passed:")[0] for line in lines] == [
-        "check_window_partition", "check_shifted_window_attention", "check_patch_merging"]
+@pytest.mark.parametrize("check,args,name", [
+    (checks.check_window_partition, (ssf.window_partition, ssf.window_reverse), "check_window_partition"),
+    (checks.check_shifted_window_attention, (swin_attention,), "check_shifted_window_attention"),
+    (checks.check_shifted_window_attention, (lambda *a: attention_with()(*a),), "check_shifted_window_attention"),
+    (checks.check_patch_merging, (ssf.PatchMerging,), "check_patch_merging"),
+], ids=["window_partition", "swin_block", "by_hand", "patch_merging"])
+def test_reference_passes_quietly_and_leaves_the_global_rng_alone(check, args, name, capsys):
+    assert_passes_quietly(capsys, name, check, *args)
 
 
-def test_unsolved_exercises_raise_not_implemented():
-    class Stub(nn.Module):
-        def __init__(self, *args):
-            super().__init__()
-            raise NotImplementedError()
-
-    def stub(*args):
-        raise NotImplementedError()
-
-    with pytest.raises(NotImplementedError):
-        checks.check_window_partition(stub, ssf.window_reverse)
-    with pytest.raises(NotImplementedError):
-        checks.check_shifted_window_attention(stub)
-    with pytest.raises(NotImplementedError):
-        checks.check_patch_merging(Stub)
-
-
-def test_checks_leave_the_global_rng_alone():
-    torch.manual_seed(7)
-    expected = torch.rand(3)
-    torch.manual_seed(7)
-    checks.check_window_partition(ssf.window_partition, ssf.window_reverse)
-    checks.check_shifted_window_attention(attention_with())  # draws no random numbers itself
-    checks.check_patch_merging(ssf.PatchMerging)
-    assert torch.equal(torch.rand(3), expected)
+@pytest.mark.parametrize("check,args", [
+    (checks.check_window_partition, (stub, ssf.window_reverse)),
+    (checks.check_window_partition, (ssf.window_partition, stub)),
+    (checks.check_shifted_window_attention, (stub,)),
+    (checks.check_patch_merging, (Stub,)),
+], ids=["window_partition", "window_reverse", "shifted_window_attention", "patch_merging"])
+def test_unsolved_exercises_raise_not_implemented(check, args):
+    assert_stub_passes_through(check, *args)
 
 
 # ---------------------------------------------------------------------------- windows
@@ -66,14 +53,11 @@ def reverse_reshape(windows, ws, H, W):
 
 
 def test_window_partition_mistakes():
-    with pytest.raises(AssertionError, match="reshaped to \\[-1, ws, ws, C\\] directly"):
-        checks.check_window_partition(partition_reshape, ssf.window_reverse)
-    with pytest.raises(AssertionError, match="column by column"):
-        checks.check_window_partition(partition_columns, ssf.window_reverse)
-    with pytest.raises(AssertionError, match="reverse: the windows were reshaped straight"):
-        checks.check_window_partition(ssf.window_partition, reverse_reshape)
-    with pytest.raises(AssertionError, match="flattened windows"):
-        checks.check_window_partition(lambda x, ws: ssf.window_partition(x, ws).flatten(1, 2), ssf.window_reverse)
+    check = checks.check_window_partition
+    fails(check, partition_reshape, ssf.window_reverse, "reshaped to \\[-1, ws, ws, C\\] directly")
+    fails(check, partition_columns, ssf.window_reverse, "column by column")
+    fails(check, ssf.window_partition, reverse_reshape, "reverse: the windows were reshaped straight")
+    fails(check, lambda x, ws: ssf.window_partition(x, ws).flatten(1, 2), ssf.window_reverse, "flattened windows")
 
 
 # ---------------------------------------------------------------------------- shifted windows
@@ -92,14 +76,10 @@ def attention_with(roll=-1, mask=True, roll_back=True):
 
 
 def test_shifted_window_attention_mistakes():
-    with pytest.raises(AssertionError, match="rolled the wrong way"):
-        checks.check_shifted_window_attention(attention_with(roll=1))
-    with pytest.raises(AssertionError, match="without the mask"):
-        checks.check_shifted_window_attention(attention_with(mask=False))
-    with pytest.raises(AssertionError, match="not rolled back"):
-        checks.check_shifted_window_attention(attention_with(roll_back=False))
-    with pytest.raises(AssertionError, match="never rolled"):
-        checks.check_shifted_window_attention(attention_with(roll=0))
+    fails(checks.check_shifted_window_attention, attention_with(roll=1), "rolled the wrong way")
+    fails(checks.check_shifted_window_attention, attention_with(mask=False), "without the mask")
+    fails(checks.check_shifted_window_attention, attention_with(roll_back=False), "not rolled back")
+    fails(checks.check_shifted_window_attention, attention_with(roll=0), "never rolled")
 
 
 def test_regular_windows_take_no_mask():
@@ -111,8 +91,7 @@ def test_regular_windows_take_no_mask():
         windows = attn(windows, ssf.shift_window_mask(H, W, ws, max(ws // 2, 1)))
         return ssf.window_reverse(rearrange(windows, "n (wh ww) c -> n wh ww c", wh=ws), ws, H, W)
 
-    with pytest.raises(AssertionError, match="shift=0.*no mask is used"):
-        checks.check_shifted_window_attention(masked_regular_windows)
+    fails(checks.check_shifted_window_attention, masked_regular_windows, "shift=0.*no mask is used")
 
 
 # ---------------------------------------------------------------------------- patch merging
@@ -137,9 +116,6 @@ class MergeWithBias(ssf.PatchMerging):
 
 
 def test_patch_merging_mistakes():
-    with pytest.raises(AssertionError, match="x0, x2, x1, x3"):
-        checks.check_patch_merging(MergeRowMajor)
-    with pytest.raises(AssertionError, match="nn.Unfold"):
-        checks.check_patch_merging(MergeUnfold)
-    with pytest.raises(AssertionError, match="unexpected reduction.bias"):
-        checks.check_patch_merging(MergeWithBias)
+    fails(checks.check_patch_merging, MergeRowMajor, "x0, x2, x1, x3")
+    fails(checks.check_patch_merging, MergeUnfold, "nn.Unfold")
+    fails(checks.check_patch_merging, MergeWithBias, "unexpected reduction.bias")
