@@ -28,13 +28,12 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from . import distributed
-from .data import DecodedCache, SegmentationFolder, open_dataset, test_transforms, train_transforms
+from .data import IGNORE_INDEX, DecodedCache, SegmentationFolder, open_dataset, test_transforms, train_transforms
 from .evaluate import evaluate
 from .logs import plot_log
 from .losses import check_labels, total_loss
 from .optim import build_optimizer, build_scheduler
 from .recipes import Recipe
-from .registry import build_model
 from .utils import seed_everything
 
 
@@ -170,7 +169,7 @@ def _train(recipe, data_root, out_dir, ctx, seed, resume, num_workers, amp, prog
     augment = train_transforms(recipe.crop_size, scale=recipe.scale, ratio_range=recipe.ratio_range,
                                cat_max_ratio=recipe.cat_max_ratio)
 
-    model = build_model(recipe.model, num_classes=recipe.num_classes, **recipe.model_kwargs)
+    model = recipe.build_model()
     if grad_checkpointing:
         model.set_grad_checkpointing()
     if ctx.distributed:
@@ -221,7 +220,7 @@ def _train(recipe, data_root, out_dir, ctx, seed, resume, num_workers, amp, prog
         if world == 1 and accumulation == 1:
             normalizer = None  # one piece: the plain mean over its labelled pixels
         else:  # every piece divides by the step's labelled pixels; DDP averages, hence / world
-            normalizer = distributed.all_reduce_sum((masks != 255).sum()).clamp(min=1) / world
+            normalizer = distributed.all_reduce_sum((masks != IGNORE_INDEX).sum()).clamp(min=1) / world
         loss_sum = torch.zeros((), device=device)
         for k, (x, y) in enumerate(zip(images.split(micro), masks.split(micro))):
             last = k == accumulation - 1

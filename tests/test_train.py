@@ -10,7 +10,7 @@ from segedu import checkpoint as ckpt
 from segedu.cli import main as cli_main
 from segedu.data import generate
 from segedu.optim import build_optimizer, param_groups, poly_warmup_factor
-from segedu.recipes import RECIPES, get_recipe
+from segedu.recipes import RECIPES, Recipe, get_recipe
 from segedu.train import batch_indices, train
 
 
@@ -177,7 +177,7 @@ def test_every_registered_model_has_a_recipe_and_every_recipe_builds():
     assert set(segedu.list_models()) <= recipes_of
     for name, r in RECIPES.items():
         with torch.device("meta"):  # structure only: no memory for ViT-L's 300M parameters
-            model = segedu.build_model(r.model, num_classes=r.num_classes, **r.model_kwargs)
+            model = r.build_model()
         opt = build_optimizer(model, r.lr, r.weight_decay, r.head_lr_mult, r.no_decay_keywords,
                               optimizer=r.optimizer, momentum=r.momentum)
         assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters())), name
@@ -241,8 +241,7 @@ def _bn_free_model(name, num_classes=150, **kw):
 def test_gradient_accumulation_equals_the_full_batch(tiny_data, tmp_path, monkeypatch):
     # Without BatchNorm, micro-batches of 2 with 2 accumulation steps are the same step as one batch of 4:
     # each piece's summed loss is divided by the labelled pixels of the whole step.
-    import segedu.train as train_module
-    monkeypatch.setattr(train_module, "build_model", _bn_free_model)
+    monkeypatch.setattr(Recipe, "build_model", lambda r: _bn_free_model(r.model, r.num_classes, **r.model_kwargs))
     recipe = tiny_recipe(batch_size=4, iters=3, eval_every=3)
     train(recipe, tiny_data, tmp_path / "full", progress=False, device="cpu")
     train(recipe, tiny_data, tmp_path / "accum", progress=False, device="cpu", micro_batch=2)
