@@ -5,18 +5,27 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+LOCK   := requirements.lock
 DATA   := data/synthetic
 RUN    := runs/synthetic-segformer-b0
 
-.PHONY: install data train test test-package test-notebooks lab clean assignments grade
+.PHONY: install lock data train test test-package test-notebooks lab clean assignments grade
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Every package at the exact version in requirements.lock, then segedu itself (no resolution).
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,course,mmseg]"
+	$(BIN)/python -m pip install --quiet -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+# Regenerate requirements.lock from pyproject.toml (all extras) under the bounds in constraints.txt.
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "uv>=0.9"
+	$(BIN)/uv pip compile pyproject.toml --all-extras -c constraints.txt --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --no-header --annotation-style line -o $(LOCK)
 
 data: $(STAMP)
 	$(BIN)/segedu data --root $(DATA)
