@@ -159,7 +159,20 @@ def generate_assignments(notebooks: Path, course: Path) -> list[Path]:
     app.force = True
     with _environment():
         app.start()  # raises NbGraderException, after logging the reason, when a notebook is malformed
+    link_course_data(course / "release", notebooks)
     return sorted((course / "release").glob("*/*.ipynb"))
+
+
+def link_course_data(folder: Path, notebooks: Path) -> None:
+    """Make ``folder/data`` the course's ``data/`` (the sibling of ``notebooks``).
+
+    A notebook reads ``../data/synthetic`` relative to its own folder; a student version runs in
+    ``folder/<nb>/``, so without this link it would generate a second copy of the data set.
+    """
+    data = Path(notebooks).resolve().parent / "data"
+    data.mkdir(exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "data").symlink_to(data, target_is_directory=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -264,11 +277,8 @@ def autograde(submissions: Path, course: Path, notebooks: Path, timeout: int = D
 
     # The notebooks run in autograded/<student>/<nb>/ and read ../data/synthetic: point that at the course data.
     shutil.rmtree(course / "autograded", ignore_errors=True)
-    data = (Path(notebooks).resolve().parent / "data")
-    data.mkdir(exist_ok=True)
     for student in handed_in:
-        (course / "autograded" / student).mkdir(parents=True)
-        (course / "autograded" / student / "data").symlink_to(data, target_is_directory=True)
+        link_course_data(course / "autograded" / student, notebooks)
 
     config = nbgrader_config(course, timeout)
     for nb in graded_notebooks:

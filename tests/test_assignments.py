@@ -73,6 +73,12 @@ def test_every_notebook_gets_a_student_version(course):
     assert sorted(p.stem for p in (course / "release").glob("*/*.ipynb")) == NAMES
 
 
+def test_student_versions_find_the_course_data(course):
+    # a released notebook runs in release/<nb>/ and reads ../data/synthetic: the repository's data, not a new copy
+    released = _released(course, NAMES[0]).parent
+    assert (released / ".." / "data").resolve() == (NOTEBOOKS / ".." / "data").resolve()
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_exercise_and_check_cells_follow_the_conventions(name):
     cells = _cells(NOTEBOOKS / f"{name}.ipynb")
