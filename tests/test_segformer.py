@@ -10,7 +10,7 @@ from segedu.models.segformer import EfficientSelfAttention, MixFFN, OverlapPatch
 from segedu.weights import CheckpointMismatchError, convert, from_pretrained, load_checkpoint
 from segedu.zoo import count_params, model_row
 
-# architectures.md section 6: encoder, decoder, total with 150 classes (official/HF layout).
+# docs/architectures.md section 6: encoder, decoder, total with 150 classes (official/HF layout).
 EXACT = {
     "b0": (3_319_392, 433_302, 3_752_694),
     "b1": (13_151_424, 564_374, 13_715_798),
@@ -217,7 +217,7 @@ def test_mmseg_mit_encoder_parity():
     model = segedu.build_model("segformer-b0").eval()
     left = load_checkpoint(model, checkpoint, "mmseg", encoder_only=True)
     assert left and all(k.startswith("decoder.") for k in left)
-    for m in model.encoder.modules():  # mmseg uses LayerNorm eps 1e-6 everywhere (architectures.md section 7)
+    for m in model.encoder.modules():  # mmseg uses LayerNorm eps 1e-6 everywhere (docs/architectures.md section 7)
         if isinstance(m, torch.nn.LayerNorm):
             m.eps = 1e-6
     for batch, size in [(1, (64, 64)), (2, (97, 131))]:

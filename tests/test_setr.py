@@ -40,7 +40,7 @@ def randomize(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-# ---- parameter counts (architectures.md section 6) -----------------------------------------------
+# ---- parameter counts (docs/architectures.md section 6) -----------------------------------------------
 
 # main (encoder + decoder), + aux heads as trained; mmseg layout main / + aux (all K=150, 512 crop)
 SECTION_6 = {

@@ -30,7 +30,7 @@ from segedu.zoo import count_macs, count_params, model_row
 SMALL = dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), drop_path_rate=0.0)
 DIMS = (32, 64, 128, 256)
 
-# architectures.md section 6: backbone (segmentation form, ws 7), SSformer head, total; K = 150.
+# docs/architectures.md section 6: backbone (segmentation form, ws 7), SSformer head, total; K = 150.
 COUNTS_M = {"t": (27.5, 0.67, 28.2), "s": (48.8, 0.67, 49.5), "b": (86.7, 0.80, 87.5), "l": (195.0, 1.04, 196.0)}
 
 

@@ -360,10 +360,10 @@ class SegNeXt(SegmentationModel):
         super().__init__(encoder, decoder, num_classes, min_size=32)
 
 
-# Variants (official configs local_configs/segnext/*/segnext.*.512x512.ade.160k.py; reference sheet
+# Variants (official configs local_configs/segnext/*/segnext.*.512x512.ade.160k.py; docs/architectures.md
 # section 4.1). NMF rank R: the T and S configs set MD_R=16; B and L keep the class default 64.
 # mmsegmentation's configs inherit 16 for B and L as well: build with nmf_rank=16 for mmseg weights.
-# Published: parameters (M, reference sheet section 6; the README rounds them to 4/14/28/49) and the
+# Published: parameters (M, docs/architectures.md section 6; the README rounds them to 4/14/28/49) and the
 # README's FLOPs at 512x512, counted by torchprofile, which counts MACs, rounded to whole G.
 # segedu.zoo measures 6.40 / 15.65 / 34.66 / 69.69 GMACs (convs + matmuls, the NMF loop included).
 # T is 8.5% under its "7": that is the rounding (the paper prints 6.6 G, unverified), plus what

@@ -382,7 +382,7 @@ def setr_mla(num_classes: int, *, embed_dim: int, depth: int, num_heads: int, ml
 # 5. Variants
 # ----------------------------------------------------------------------------------------------
 
-# Encoders (official code, architectures.md 1.1). Every SETR ADE20K / Cityscapes config sets the
+# Encoders (official code, docs/architectures.md 1.1). Every SETR ADE20K / Cityscapes config sets the
 # dropout to 0 (the backbone default is 0.1) and uses no stochastic depth.
 _VIT = {
     "": dict(embed_dim=1024, depth=24, num_heads=16),    # ViT-L/16, every headline result
@@ -403,7 +403,7 @@ _TAPS = {
     ("mla", "-base"): dict(mla_layers=(3, 6, 9, 12)),
 }
 
-# Decoders (official code, architectures.md 1.2); aux heads off by default (see SETR).
+# Decoders (official code, docs/architectures.md 1.2); aux heads off by default (see SETR).
 _DECODER = {
     "naive": dict(channels=256, num_convs=1, kernel_size=1, up_scale=1, conv_bias=True,
                   aux_heads=False, aux_num_convs=1, aux_kernel_size=1, aux_up_scale=1, aux_weight=0.4),
@@ -413,7 +413,7 @@ _DECODER = {
                 aux_heads=False, mla_aux_bias=False, aux_weight=0.4),
 }
 
-# Main-model parameters (M) at 512 with K=150. ViT-L: architectures.md section 6 (official layout;
+# Main-model parameters (M) at 512 with K=150. ViT-L: docs/architectures.md section 6 (official layout;
 # with the aux heads: Naive 305.4, PUP 317.9, MLA 310.2). ViT-B: no published count; these are our
 # measured counts (encoder 86.4M as in section 6), held by tests/test_setr.py, not registered as published.
 _PARAMS_M = {
@@ -421,7 +421,7 @@ _PARAMS_M = {
     ("naive", "-base"): 86.7, ("pup", "-base"): 90.0, ("mla", "-base"): 92.1,
 }
 
-# How mmsegmentation 1.x builds SETR (architectures.md 1.2 and section 7), as overrides of the
+# How mmsegmentation 1.x builds SETR (docs/architectures.md 1.2 and section 7), as overrides of the
 # official configs above. Its checkpoints load with ``build_model(name, **mmseg_layout(name))`` and the
 # "mmseg" converter. Not a config field: mmseg's patch embedding has no bias (the converter fills in 0).
 MMSEG_LAYOUT = {

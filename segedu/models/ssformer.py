@@ -340,7 +340,7 @@ class SSformer(SegmentationModel):
 # drop_path 0.3 is the segmentation fine-tuning value of the mmseg UperNet and SSformer configs
 # (T/S/B); no segmentation config for Swin-L gives one, so it keeps 0.3 too. ``window_size=12``
 # matches the 384-pretrained checkpoints (the bias table then has 23^2 rows).
-# Published params: architectures.md section 6 (counted from the reference implementations, K = 150).
+# Published params: docs/architectures.md section 6 (counted from the reference implementations, K = 150).
 SWIN_VARIANTS = {
     #     C    depths          heads              params (M) with the SSformer head, ws 7
     "t": (96, (2, 2, 6, 2), (3, 6, 12, 24), 28.2),
