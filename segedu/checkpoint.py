@@ -44,8 +44,13 @@ def load(path: str | Path, map_location="cpu") -> dict:
         raise ValueError(f"could not read checkpoint {path}: {exc}") from exc
 
 
-def rng_state() -> dict:
-    """Every RNG a training step touches, as tensors and plain values."""
+def rng_state(cuda_states: list[torch.Tensor] | None = None) -> dict:
+    """Every RNG a training step touches, as tensors and plain values.
+
+    ``cuda``: one CUDA generator state per process (rank r's on its own GPU; pass ``cuda_states`` gathered
+    from every rank, see segedu.distributed), so that a resume on another number of GPUs restores what
+    it can: rank r takes state r, or state 0 where the saving run had fewer processes.
+    """
     np_state = np.random.get_state()
     state = {
         "python": random.getstate(),
@@ -53,15 +58,23 @@ def rng_state() -> dict:
                   "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if cuda_states is None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        cuda_states = [torch.cuda.get_rng_state()]
+    if cuda_states:
+        state["cuda"] = list(cuda_states)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def cuda_state_for(states: list[torch.Tensor], rank: int) -> torch.Tensor:
+    """The saved CUDA state that process ``rank`` restores: its own, or rank 0's when the run that saved had
+    fewer processes (its random numbers then differ from an uninterrupted run: dropout, drop-path)."""
+    return states[rank] if rank < len(states) else states[0]
+
+
+def set_rng_state(state: dict, rank: int = 0) -> None:
     random.setstate(state["python"])
     n = state["numpy"]
     np.random.set_state(("MT19937", n["key"].numpy(), n["pos"], n["has_gauss"], n["cached"]))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if state.get("cuda") and torch.cuda.is_available():  # a CPU run ignores CUDA states
+        torch.cuda.set_rng_state(cuda_state_for(state["cuda"], rank))

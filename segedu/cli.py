@@ -15,7 +15,7 @@ def _cmd_data(args) -> None:
 def _cmd_train(args) -> None:
     from .recipes import get_recipe
     from .report import write_report
-    from .train import train
+    from .train import CHECKPOINT_EVERY, TrainOptions, train
     classes = None
     if args.classes:  # a custom dataset: its class list sets the number of classes
         from .data import read_classes
@@ -24,11 +24,19 @@ def _cmd_train(args) -> None:
         model=args.model, iters=args.iters, crop_size=args.crop, lr=args.lr,
         num_classes=len(classes) if classes else None, reduce_zero_label=args.reduce_zero_label)
     out = Path(args.out or f"runs/{recipe.model}")
-    result = train(recipe, args.data, out, seed=args.seed, resume=args.resume, device=args.device,
-                   num_workers=args.workers, micro_batch=args.batch_size, amp=args.amp,
-                   channels_last=args.channels_last, compile=args.compile,
-                   grad_checkpointing=args.grad_checkpointing, loss_chunk_rows=args.loss_chunk_rows,
-                   data_cache=args.data_cache)
+    options = TrainOptions(seed=args.seed, resume=args.resume, overwrite=args.overwrite, device=args.device,
+                           num_workers=args.workers, micro_batch=args.batch_size, amp=args.amp,
+                           channels_last=args.channels_last, compile=args.compile,
+                           grad_checkpointing=args.grad_checkpointing, loss_chunk_rows=args.loss_chunk_rows,
+                           data_cache=args.data_cache, pretrained=args.pretrained,
+                           pretrained_source=args.pretrained_source, deterministic=args.deterministic,
+                           checkpoint_every=CHECKPOINT_EVERY if args.checkpoint_every is None else args.checkpoint_every)
+    result = train(recipe, args.data, out, options)
+    if result.stopped_by:  # SIGINT / SIGTERM: a checkpoint was written, nothing else is
+        if result.is_main:
+            print(f"stopped by {result.stopped_by} after step {result.step}: wrote {result.checkpoint}; "
+                  f"continue with the same command and --resume")
+        raise SystemExit(130 if result.stopped_by == "SIGINT" else 143)
     if result.is_main:  # under torchrun, rank 0 alone writes the report
         write_report(out, args.data, recipe, result, device=args.device, classes=classes)
 
@@ -121,8 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float)
     t.add_argument("--out", help="output folder (default runs/<model>)")
     t.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    t.add_argument("--overwrite", action="store_true", help="replace the run in --out (its checkpoint and log)")
+    t.add_argument("--checkpoint-every", type=int, metavar="N",
+                   help="write <out>/checkpoint.pt every N iterations (default 2000; also at every evaluation)")
+    t.add_argument("--pretrained", metavar="PATH|HUB_ID|none",
+                   help="encoder checkpoint to start from (default: the recipe's, see docs/training.md; none: scratch)")
+    t.add_argument("--pretrained-source", choices=("official", "timm", "torchvision", "transformers", "mmseg"),
+                   help="layout of --pretrained (default: the recipe's)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--workers", type=int, default=0)
+    t.add_argument("--workers", type=int, default=None,
+                   help="DataLoader processes (default: the machine's cores less one, at most 8)")
+    t.add_argument("--deterministic", action="store_true",
+                   help="deterministic kernels (torch.use_deterministic_algorithms; default: cudnn autotuning)")
     t.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     t.add_argument("--classes", help="custom dataset: text file of class names, one per line")
     t.add_argument("--reduce-zero-label", action=argparse.BooleanOptionalAction, default=None,

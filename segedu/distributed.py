@@ -73,6 +73,32 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
+def world_size() -> int:
+    """Processes in the group (1 when running alone)."""
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def any_true(flag: bool) -> bool:
+    """Whether ``flag`` is true on any process (itself when running alone): one small all-reduce."""
+    if world_size() == 1:
+        return bool(flag)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    return bool(all_reduce_sum(torch.tensor(int(flag), device=device)) > 0)
+
+
+def gather_cuda_rng_states(ctx: Context) -> list[torch.Tensor] | None:
+    """Every process's CUDA generator state (on its own GPU), in rank order; None on the CPU."""
+    if ctx.device.type != "cuda":
+        return None
+    state = torch.cuda.get_rng_state()
+    if not ctx.distributed:
+        return [state]
+    mine = state.to(ctx.device)
+    states = [torch.empty_like(mine) for _ in range(ctx.world_size)]
+    dist.all_gather(states, mine)
+    return [s.cpu() for s in states]
+
+
 def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
     """The sum of ``value`` over all processes (``value`` itself when running alone)."""
     if dist.is_initialized() and dist.get_world_size() > 1:

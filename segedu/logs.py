@@ -24,6 +24,26 @@ def read_log(path: str | Path) -> tuple[list[dict], list[dict]]:
     return [r for r in records if r.get("kind") == "train"], [r for r in records if r.get("kind") == "val"]
 
 
+def truncate_log(path: str | Path, step: int) -> list[dict]:
+    """Keep the records of steps ``<= step`` (a resumed run continues from its checkpoint's step, so the
+    records a killed run wrote after it would otherwise appear twice); returns them. Written atomically."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short when the process was killed mid-write
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(record)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    tmp.replace(path)
+    return kept
+
+
 def moving_average(values: list[float], window: int) -> list[float]:
     """Mean of the last ``window`` values at each position (fewer at the start)."""
     out, total = [], 0.0

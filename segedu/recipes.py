@@ -1,8 +1,9 @@
 """Training recipes: one entry per published recipe, plus the small synthetic one ``make train`` runs.
 
-Values from the papers' official configs (../shared/reference/architectures.md sections 1.3, 2.4, 3.4,
-4.4 and 5). A recipe names the model, the optimiser and its parameter groups, the schedule, the total
-batch, the data pipeline and the evaluation protocol; ``segedu train --config NAME`` runs it.
+Values from the papers' official configs (docs/architectures.md sections 1.3, 2.4, 3.4, 4.4 and 5). A recipe
+names the model, the ImageNet encoder checkpoint it starts from (:data:`PRETRAINED`), the optimiser and its
+parameter groups, the schedule, the total batch, the data pipeline and the evaluation protocol;
+``segedu train --config NAME`` runs it. docs/training.md lists every recipe's groups and sources.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ class Recipe:
     no_decay_keywords: tuple[str, ...] = ("norm",)  # mmseg paramwise_cfg custom_keys with decay_mult 0
     warmup_ratio: float = 1e-6
     poly_power: float = 1.0
-    min_lr_ratio: float = 0.0       # mmseg min_lr / lr
+    min_lr: float = 0.0             # mmcv/mmengine poly floor: one absolute value for every group
     model_kwargs: dict = field(default_factory=dict)  # build_model overrides, e.g. SETR's aux_heads=True
     scale: tuple[int, int] = (2048, 512)        # RandomResize target (long, short) before the ratio
     ratio_range: tuple[float, float] = (0.5, 2.0)
@@ -42,6 +43,7 @@ class Recipe:
     eval_every: int = 16000
     num_classes: int = 150
     reduce_zero_label: bool = True
+    pretrained: str | None = None               # a key of PRETRAINED: the encoder checkpoint (None: scratch)
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -53,12 +55,23 @@ class Recipe:
         if self.iters < 1 or self.batch_size < 1:
             raise ValueError(f"iters and batch_size must be positive, got {self.iters} and {self.batch_size}")
 
+        if self.pretrained is not None and self.pretrained not in PRETRAINED:
+            raise ValueError(f"recipe pretrained must be one of {sorted(PRETRAINED)} or null, got {self.pretrained!r}")
+
+    @property
+    def min_lr_ratio(self) -> float:
+        """``min_lr / lr``: the floor as a factor of the base rate (of the groups at x1)."""
+        return self.min_lr / self.lr
+
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> Recipe:
         """Inverse of ``to_dict`` (JSON and checkpoints turn tuples into lists)."""
+        if "min_lr_ratio" in d and "min_lr" not in d:  # checkpoints written before min_lr was absolute
+            d = {**d, "min_lr": d["min_lr_ratio"] * d["lr"]}
+            d.pop("min_lr_ratio")
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -74,14 +87,61 @@ class Recipe:
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
 
 
+@dataclass(frozen=True)
+class EncoderCheckpoint:
+    """An ImageNet encoder checkpoint a recipe fine-tunes from (loaded with ``encoder_only=True``).
+
+    ``file``: the official release file and ``origin`` where it is published; ``source``: the segedu.weights
+    converter that reads that file; ``hub_id`` / ``hub_source``: the same weights on the Hugging Face hub
+    (None where the hub has no copy), read by that converter. ``note``: what differs from the paper's file.
+    """
+
+    file: str
+    origin: str
+    source: str
+    hub_id: str | None = None
+    hub_source: str | None = None
+    note: str = ""
+
+    @property
+    def default(self) -> tuple[str, str]:
+        """What ``segedu train`` loads without ``--pretrained``: the hub copy where one exists, else the file."""
+        return (self.hub_id, self.hub_source) if self.hub_id else (self.file, self.source)
+
+
+_NV = "NVlabs/SegFormer README (ImageNet-1k MiT weights)"
+_NX = "Visual-Attention-Network/SegNeXt README (ImageNet-1k MSCAN weights)"
+_SW = "microsoft/Swin-Transformer releases v1.0.0"
+PRETRAINED: dict[str, EncoderCheckpoint] = {
+    **{f"mit-{v}": EncoderCheckpoint(f"mit_{v}.pth", _NV, "official", f"nvidia/mit-{v}", "transformers")
+       for v in ("b0", "b1", "b2", "b3", "b4", "b5")},
+    **{f"mscan-{v}": EncoderCheckpoint(f"mscan_{v}.pth", _NX, "official") for v in ("t", "s", "b", "l")},
+    # SETR (fudan-zvg/SETR configs): timm's original ViT weights, ImageNet-21k pre-training + 1k fine-tuning at 384
+    "vit-l16-384": EncoderCheckpoint(
+        "jx_vit_large_p16_384-b3be5167.pth", "rwightman/pytorch-image-models releases v0.1-vitjx", "timm",
+        note="the hub has only AugReg ViT-L weights (timm/vit_large_patch16_384.augreg_in21k_ft_in1k), "
+             "a different pre-training; pass that id with --pretrained-source timm to use them"),
+    "vit-b16-384": EncoderCheckpoint(
+        "jx_vit_base_p16_384-83fb41ba.pth", "rwightman/pytorch-image-models releases v0.1-vitjx", "timm",
+        "timm/vit_base_patch16_384.orig_in21k_ft_in1k", "timm"),
+    # SSformer (shiwt03/SSformer configs): Swin-B on ImageNet-22k; T and S on ImageNet-1k as mmseg's Swin configs
+    **{f"swin-{v}": EncoderCheckpoint(f"swin_{size}_patch4_window7_224{suffix}.pth", _SW, "official",
+                                      f"timm/swin_{size}_patch4_window7_224.ms_{data}", "timm")
+       for v, size, suffix, data in (("t", "tiny", "", "in1k"), ("s", "small", "", "in1k"),
+                                     ("b", "base", "_22k", "in22k"), ("l", "large", "_22k", "in22k"))},
+}
+
+
 # --- SegFormer (Xie et al. 2021, section 4.1; NVlabs configs): AdamW 6e-5, wd 0.01, head x10, 'norm' no
-# decay, 1500 warm-up iterations, poly power 1, 160k iterations of batch 16 (2/GPU x 8), crop 512 (B5: 640),
-# whole-image test at short side 512 (640) rounded to a multiple of 32.
+# decay ('pos_block' too: a PVT key that matches no MiT parameter), 1500 warm-up iterations, poly power 1, 160k
+# iterations of batch 16 (2/GPU x 8), crop 512 (B5: 640), whole-image test at short side 512 (640) rounded to
+# a multiple of 32. Encoder: the ImageNet-1k mit_b*.pth.
 def _segformer_ade(variant: str) -> Recipe:
     crop = 640 if variant == "b5" else 512
     return Recipe(model=f"segformer-{variant}", iters=160_000, batch_size=16, crop_size=crop, lr=6e-5,
                   weight_decay=0.01, head_lr_mult=10.0, warmup_iters=1500, scale=(2048, crop),
-                  test_short_side=crop, test_size_divisor=32)
+                  test_short_side=crop, test_size_divisor=32, no_decay_keywords=("pos_block", "norm"),
+                  pretrained=f"mit-{variant}")
 
 
 # --- SegNeXt (Guo et al. 2022; official configs): the SegFormer optimiser and schedule, crop 512, whole-image
@@ -89,12 +149,14 @@ def _segformer_ade(variant: str) -> Recipe:
 # 8 (T, S) / 4 (B, L) on "8 GPUs" would be 64 / 32 -- architectures.md 4.4 marks the conflict.
 def _segnext_ade(variant: str) -> Recipe:
     return Recipe(model=f"segnext-{variant}", iters=160_000, batch_size=16, crop_size=512, lr=6e-5,
-                  weight_decay=0.01, head_lr_mult=10.0, warmup_iters=1500)
+                  weight_decay=0.01, head_lr_mult=10.0, warmup_iters=1500, no_decay_keywords=("pos_block", "norm"),
+                  pretrained=f"mscan-{variant}")
 
 
 # --- SETR (Zheng et al. 2021; official configs, architectures.md 1.3): SGD momentum 0.9, lr 0.01 (Naive) /
 # 0.001 (PUP, MLA), weight decay 0 (the base schedule's 5e-4 is overridden), 'head' x10 (decode and
-# auxiliary heads), poly power 0.9 to min_lr 1e-4, no warm-up, 160k iterations of batch 16, crop 512,
+# auxiliary heads; the MLA neck is in the official backbone, so x1), poly power 0.9 to the absolute min_lr 1e-4
+# for every group (mmcv), no warm-up, 160k iterations of batch 16, crop 512,
 # auxiliary heads of weight 0.4, test by sliding 512 windows with stride 341. The ViT-B variants get the
 # ViT-L recipe of their decoder (the paper publishes none of their own).
 _SETR_LR = {"naive": 0.01, "pup": 0.001, "mla": 0.001}
@@ -104,8 +166,9 @@ def _setr_ade(decoder: str, size: str) -> Recipe:
     lr = _SETR_LR[decoder]
     return Recipe(model=f"setr-{decoder}{size}", iters=160_000, batch_size=16, crop_size=512, lr=lr,
                   weight_decay=0.0, head_lr_mult=10.0, warmup_iters=0, optimizer="sgd", momentum=0.9,
-                  poly_power=0.9, min_lr_ratio=1e-4 / lr, model_kwargs={"aux_heads": True},
-                  test_mode="slide", slide_crop=512, slide_stride=341)
+                  poly_power=0.9, min_lr=1e-4, model_kwargs={"aux_heads": True}, no_decay_keywords=(),
+                  test_mode="slide", slide_crop=512, slide_stride=341,
+                  pretrained="vit-b16-384" if size else "vit-l16-384")
 
 
 # --- SSformer (shiwt03/SSformer configs, architectures.md 2.4): AdamW 6e-5, wd 0.01, no decay for Swin's
@@ -115,7 +178,8 @@ def _setr_ade(decoder: str, size: str) -> Recipe:
 def _ssformer_ade(variant: str) -> Recipe:
     return Recipe(model=f"ssformer-swin-{variant}", iters=160_000, batch_size=16, crop_size=512, lr=6e-5,
                   weight_decay=0.01, head_lr_mult=1.0, warmup_iters=1500,
-                  no_decay_keywords=("absolute_pos_embed", "relative_position_bias_table", "norm"))
+                  no_decay_keywords=("absolute_pos_embed", "relative_position_bias_table", "norm"),
+                  pretrained=f"swin-{variant}")
 
 
 RECIPES: dict[str, Recipe] = {}

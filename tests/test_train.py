@@ -27,15 +27,14 @@ def tiny_recipe(**kw):
 def test_param_groups_head_multiplier_and_no_decay():
     model = segedu.build_model("segformer-b0")
     groups = {g["name"]: g for g in param_groups(model, lr=6e-5, weight_decay=0.01, head_lr_mult=10)}
-    assert set(groups) == {"encoder", "encoder_no_decay", "head"}
-    assert groups["head"]["lr"] == pytest.approx(6e-4) and groups["encoder"]["lr"] == pytest.approx(6e-5)
-    assert groups["encoder_no_decay"]["weight_decay"] == 0.0 and groups["encoder"]["weight_decay"] == 0.01
-    names = {id(p): n for n, p in model.named_parameters()}
-    no_decay = [names[id(p)] for p in groups["encoder_no_decay"]["params"]]
+    assert set(groups) == {"default", "norm", "head"}
+    assert groups["head"]["lr"] == pytest.approx(6e-4) and groups["default"]["lr"] == pytest.approx(6e-5)
+    assert groups["norm"]["weight_decay"] == 0.0 and groups["default"]["weight_decay"] == 0.01
+    no_decay = groups["norm"]["param_names"]
     assert "encoder.stages.0.blocks.0.norm1.weight" in no_decay
     assert all("norm" in n for n in no_decay)  # official: 'norm' decay_mult 0; biases keep their decay
-    assert "encoder.stages.0.blocks.0.attn.q.bias" in [names[id(p)] for p in groups["encoder"]["params"]]
-    assert "decoder.bn.weight" in [names[id(p)] for p in groups["head"]["params"]]  # official name has no 'norm'
+    assert "encoder.stages.0.blocks.0.attn.q.bias" in groups["default"]["param_names"]
+    assert "decoder.bn.weight" in groups["head"]["param_names"] and groups["head"]["weight_decay"] == 0.01
     total = sum(p.numel() for g in groups.values() for p in g["params"])
     assert total == sum(p.numel() for p in model.parameters())
 
@@ -112,7 +111,7 @@ def test_train_writes_outputs_and_resume_is_exact(tiny_data, tmp_path):
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
 
-    with pytest.raises(ValueError, match="another recipe"):
+    with pytest.raises(ValueError, match="another recipe: lr is 0.001 there and 1.0 now"):
         train(recipe.with_overrides(lr=1.0), tiny_data, tmp_path / "split", progress=False, resume=True)
 
 
@@ -189,7 +188,7 @@ def test_recipes_carry_the_papers_optimiser_schedule_and_test_protocol():
     setr = get_recipe("setr-pup-ade20k")
     assert (setr.optimizer, setr.momentum, setr.lr, setr.weight_decay, setr.head_lr_mult) == ("sgd", 0.9, 1e-3, 0.0, 10.0)
     assert (setr.poly_power, setr.warmup_iters) == (0.9, 0)
-    assert setr.lr * setr.min_lr_ratio == pytest.approx(1e-4)  # official min_lr
+    assert setr.min_lr == 1e-4 and setr.lr * setr.min_lr_ratio == pytest.approx(1e-4)  # official min_lr
     assert (setr.test_mode, setr.slide_crop, setr.slide_stride) == ("slide", 512, 341)
     assert get_recipe("setr-naive-ade20k").lr == 0.01 and setr.model_kwargs == {"aux_heads": True}
     opt = build_optimizer(segedu.build_model("setr-naive-base", aux_heads=True, embed_dim=64, num_heads=2),

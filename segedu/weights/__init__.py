@@ -126,7 +126,7 @@ def load_checkpoint(model: torch.nn.Module, state_dict: Mapping[str, torch.Tenso
 def read_state_dict(path: str | Path) -> StateDict:
     """Read a checkpoint file or a ``save_pretrained`` folder (safetensors first, then .bin/.pth).
 
-    Pickled files are read with ``weights_only=True``: tensors only, no code execution.
+    Pickled files are read with ``weights_only=True`` (:func:`load_pickled`): tensors only, no code execution.
     """
     path = Path(path)
     if path.is_dir():
@@ -142,11 +142,70 @@ def read_state_dict(path: str | Path) -> StateDict:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         return load_file(path)
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = load_pickled(path)
     for key in ("model", "state_dict"):  # segedu training checkpoints, mmcv checkpoints
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]
     return dict(obj)
+
+
+# Modules whose functions a pickle would only name to run them: a file naming one is a program, not a checkpoint.
+_REFUSED_MODULES = {"builtins", "os", "posix", "nt", "subprocess", "sys", "shutil", "importlib", "runpy", "socket",
+                    "pty", "code", "codecs", "pickle", "marshal", "ctypes", "webbrowser", "io", "pathlib", "operator",
+                    "functools", "types", "torch.hub", "torch.serialization"}
+
+
+class _Inert:
+    """Stands in for a class a checkpoint pickles in its metadata (mmengine's ``MessageHub``, ``HistoryBuffer``,
+    numpy scalars, ...): it accepts any arguments and state and does nothing with them."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+def load_pickled(path: str | Path):
+    """``torch.load(path, weights_only=True)``, also for mmseg / mmengine releases that pickle objects of their
+    own next to the tensors (``meta``, ``message_hub``): each such class is replaced by an inert stand-in, so
+    nothing from the file is ever executed (no ``weights_only=False``). A file that names a function of
+    ``os``, ``subprocess``, ``builtins``, ... is refused. Errors are one line naming the file and the reason."""
+    import pickle
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        pass
+    except Exception as exc:  # truncated, not a torch file, ...
+        raise ValueError(f"could not read checkpoint {path}: {str(exc).splitlines()[0]}") from None
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception as exc:
+        raise ValueError(f"could not read checkpoint {path}: {str(exc).splitlines()[0]}") from None
+    refused = [n for n in names if n.rsplit(".", 1)[0] in _REFUSED_MODULES or n.split(".")[0] in _REFUSED_MODULES]
+    if refused:
+        raise ValueError(f"refusing to read {path}: it would call {refused[0]} when unpickled (a program, not a "
+                         f"checkpoint)")
+    stand_ins = [(type(n.rsplit(".", 1)[-1], (_Inert,), {"__module__": __name__}), n) for n in names]
+    try:
+        with torch.serialization.safe_globals(stand_ins):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"could not read checkpoint {path}: {str(exc).splitlines()[0]}") from None
+
+
+def locate(path_or_hub_id: str | Path, **hub_kwargs) -> Path:
+    """A local checkpoint file or folder, or a Hugging Face hub id downloaded to the local cache (safetensors,
+    .bin and config files; needs network access)."""
+    path = Path(path_or_hub_id)
+    if path.exists():
+        return path
+    if str(path_or_hub_id).startswith((".", "/")) or path.suffix:
+        raise FileNotFoundError(f"checkpoint {path_or_hub_id} does not exist")
+    from huggingface_hub import snapshot_download
+    return Path(snapshot_download(str(path_or_hub_id), allow_patterns=["*.safetensors", "*.json", "*.bin"],
+                                  **hub_kwargs))
 
 
 def _classifier_classes(sd: Mapping[str, torch.Tensor]) -> int | None:
@@ -163,13 +222,7 @@ def from_pretrained(name: str, path_or_hub_id: str | Path, source: str = "transf
     hub id such as ``"nvidia/segformer-b0-finetuned-ade-512-512"`` (downloaded with huggingface_hub;
     needs network access). ``num_classes`` defaults to the checkpoint's.
     """
-    path = Path(path_or_hub_id)
-    if not path.exists():
-        if str(path_or_hub_id).startswith((".", "/")) or Path(str(path_or_hub_id)).suffix:
-            raise FileNotFoundError(f"checkpoint {path_or_hub_id} does not exist")
-        from huggingface_hub import snapshot_download
-        path = Path(snapshot_download(str(path_or_hub_id), allow_patterns=["*.safetensors", "*.json", "*.bin"],
-                                      **hub_kwargs))
+    path = locate(path_or_hub_id, **hub_kwargs)
     sd = convert(read_state_dict(path), source, name) if source != "segedu" else read_state_dict(path)
     model = build_model(name, num_classes=num_classes or _classifier_classes(sd) or 150)
     load_checkpoint(model, sd, source="segedu")
@@ -179,5 +232,5 @@ def from_pretrained(name: str, path_or_hub_id: str | Path, source: str = "transf
 # Each family's key maps register their converters on import.
 from . import segformer, segnext, setr, swin  # noqa: E402,F401
 
-__all__ = ["convert", "load_checkpoint", "from_pretrained", "read_state_dict", "sources", "rename_keys",
-           "register_converter", "CheckpointMismatchError"]
+__all__ = ["convert", "load_checkpoint", "from_pretrained", "read_state_dict", "load_pickled", "locate", "sources",
+           "rename_keys", "register_converter", "CheckpointMismatchError"]
