@@ -35,14 +35,22 @@ def seg_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255
     """Cross-entropy over the labelled pixels (PyTorch / HF averaging).
 
     ``logits``: ``[B, K, h, w]`` at the decoder's stride; they are bilinearly resized
-    (align_corners=False) to the label's ``[H, W]`` first, as the official code does.
-    ``normalizer``: divide the summed loss by this count instead of this batch's labelled pixels.
+    (align_corners=False) to the label's ``[H, W]`` first, as the official code does, in float32 (under bf16
+    autocast the resize would otherwise round the logits a second time).
+    ``normalizer``: divide the summed loss by this count instead of this batch's labelled pixels. A batch
+    without a labelled pixel gives 0 (PyTorch's mean over no pixels would be NaN).
     """
+    logits = logits.float()
     if logits.shape[-2:] != target.shape[-2:]:
         logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
     if normalizer is None:
-        return F.cross_entropy(logits.float(), target, ignore_index=ignore_index)
-    return F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="sum") / normalizer
+        normalizer = labelled_pixels(target, ignore_index)
+    return F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="sum") / normalizer
+
+
+def labelled_pixels(target: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+    """The number of pixels that count in the loss, at least 1 (so an all-ignored batch has loss 0, not NaN)."""
+    return (target != ignore_index).sum().clamp(min=1)
 
 
 def _source_rows(in_size: int, out_size: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -84,7 +92,7 @@ def chunked_seg_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: i
         total = total + checkpoint(_band_loss, logits, target[:, r0:r1], lo[r0:r1], hi[r0:r1], w_hi[r0:r1],
                                    ignore_index, use_reentrant=False)
     if normalizer is None:
-        normalizer = (target != ignore_index).sum()
+        normalizer = labelled_pixels(target, ignore_index)
     return total / normalizer
 
 

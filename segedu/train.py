@@ -440,7 +440,7 @@ def train_step(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimize
     pieces = list(zip(images.split(micro), masks.split(micro)))
     normalizer = None
     if world > 1 or len(pieces) > 1:
-        normalizer = distributed.all_reduce_sum((masks != IGNORE_INDEX).sum()).clamp(min=1) / world
+        normalizer = distributed.all_reduce_sum((masks != IGNORE_INDEX).sum()).clamp(min=1) / world  # 0 px: loss 0
     optimizer.zero_grad(set_to_none=True)
     loss_sum = torch.zeros((), device=images.device)
     for k, (x, y) in enumerate(pieces):

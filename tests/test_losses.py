@@ -30,15 +30,29 @@ def test_chunked_loss_equals_seg_loss(low, high, rows):
     torch.testing.assert_close(chunked_grad, grad, atol=1e-8, rtol=1e-5)
 
 
-def test_chunked_loss_upsamples_bf16_logits_in_fp32():
-    # Under autocast the decoder's logits are bf16; the chunked loss converts the small low-resolution
-    # tensor to fp32 before upsampling (seg_loss upsamples in bf16, then converts).
+def test_both_losses_upsample_bf16_logits_in_fp32():
+    # Under autocast the decoder's logits are bf16; both losses convert the small low-resolution tensor to
+    # fp32 before upsampling (resizing in bf16 would round the upsampled logits to 8 bits of mantissa).
     torch.manual_seed(1)
     logits = torch.randn(1, 5, 8, 8).bfloat16()
     target = torch.randint(0, 5, (1, 32, 32))
-    loss = chunked_seg_loss(logits, target, chunk_rows=8)
-    assert loss.dtype == torch.float32
-    torch.testing.assert_close(loss, seg_loss(logits.float(), target))
+    exact = seg_loss(logits.float(), target)
+    for loss in (seg_loss(logits, target), chunked_seg_loss(logits, target, chunk_rows=8)):
+        assert loss.dtype == torch.float32
+        torch.testing.assert_close(loss, exact, atol=0, rtol=1e-6)
+    resized_in_bf16 = torch.nn.functional.interpolate(logits, size=(32, 32), mode="bilinear").float()
+    assert seg_loss(resized_in_bf16, target) != exact  # the difference the fp32 resize avoids
+
+
+def test_a_batch_without_labelled_pixels_has_zero_loss_and_gradient():
+    logits = torch.randn(2, 5, 8, 8, requires_grad=True)
+    target = torch.full((2, 32, 32), 255)
+    outputs = {"main": logits, "aux": [logits * 2]}
+    for loss in (seg_loss(logits, target), chunked_seg_loss(logits, target, chunk_rows=8),
+                 total_loss(outputs, target, (0.4,))):
+        assert loss.item() == 0.0
+        (grad,) = torch.autograd.grad(loss, logits)
+        assert torch.equal(grad, torch.zeros_like(grad))
 
 
 def test_normalizer_makes_pieces_add_up_to_the_whole_batch():
