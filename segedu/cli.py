@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import difflib
+import errno
+import os
 import sys
 from pathlib import Path
 
 
 def _cmd_data(args) -> None:
     from .data.synthetic import ensure_synthetic
-    root = ensure_synthetic(args.root)
+    root = ensure_synthetic(args.root)  # writes or replaces only a missing, empty or segedu-made folder
     print(f"synthetic ADE20K-layout data ready in {root}")
 
 
@@ -54,15 +57,17 @@ def _cmd_eval(args) -> None:
     evaluate_checkpoint(data=args.data, device=args.device, mode=args.mode, crop=args.slide_crop,
                         stride=args.slide_stride, classes=read_classes(args.classes) if args.classes else None,
                         reduce_zero_label=args.reduce_zero_label, out_dir=args.out, amp=args.amp,
-                        num_workers=args.workers, **_model_source(args))
+                        num_workers=args.workers, image_column=args.image_column, label_column=args.label_column,
+                        **_model_source(args))
 
 
 def _cmd_predict(args) -> None:
-    from .data import ADE20K_CLASSES, read_classes
+    from .data import read_classes
+    from .data.ade20k import resolve_classes
     from .predict import describe, load_model, predict_files
     model, settings, facts = load_model(device=args.device, **_model_source(args))
     settings = settings.with_mode(args.mode, args.slide_crop, args.slide_stride)
-    classes = read_classes(args.classes) if args.classes else ADE20K_CLASSES
+    classes = resolve_classes(facts["num_classes"], read_classes(args.classes) if args.classes else facts["classes"])
     amp = next(model.parameters()).device.type == "cuda" if args.amp is None else args.amp
     for record in predict_files(model, args.images, args.out, settings, facts["num_classes"], amp=amp):
         print(describe(record, classes))
@@ -81,7 +86,13 @@ def _cmd_bench(args) -> None:
     )
     if not args.model and not args.data_loader:
         raise ValueError("nothing to measure: give --model NAME, --data, or both")
-    out = {"command": shlex.join(sys.argv),  # the process's command line
+    from .data.io import MARKER, check_output_folder, check_replaceable
+    if args.json:  # before measuring: the file must be writable and, if it exists, one segedu wrote
+        if Path(args.json).is_dir():
+            raise IsADirectoryError(f"--json {args.json} is a folder; give a file name such as {args.json}/bench.json")
+        check_output_folder(Path(args.json).parent, "--json")
+        check_replaceable([args.json], what="--json")
+    out = {MARKER: "bench", "command": shlex.join(sys.argv),  # the process's command line
            "arguments": {k: v for k, v in vars(args).items() if k != "func"}, "machine": machine_info()}
     if args.data_loader:
         out["loader"] = bench_loader(args.data_root, images=args.data_images, crop=args.data_crop,
@@ -105,12 +116,24 @@ def _cmd_bench(args) -> None:
 
 
 def _cmd_zoo(args) -> None:
+    from .registry import list_models
     from .zoo import format_table, zoo_table
+    if not list_models(args.pattern):
+        raise ValueError(f"no model matches --pattern {args.pattern!r}; try 'segformer-*' (models: "
+                         f"{', '.join(list_models())})")
     print(format_table(zoo_table(args.pattern, latency=args.latency)))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit code 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="segedu", description=__doc__)
+    p = _Parser(prog="segedu", description=__doc__)
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error (or set SEGEDU_DEBUG=1)")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("data", help="generate the synthetic ADE20K-layout data set (cached)")
@@ -179,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--reduce-zero-label", action=argparse.BooleanOptionalAction, default=None,
                    help="map label 0 to ignore and v to v-1 (default: as in training; on for ADE20K)")
     e.add_argument("--out", help="also write eval_<mode>.json and class_iou_<mode>.png here")
+    e.add_argument("--image-column", help="hub / parquet data: the column of the images (default: found by name)")
+    e.add_argument("--label-column", help="hub / parquet data: the column of the label maps (default: found by name)")
     e.add_argument("--workers", type=int, default=0, help="DataLoader processes decoding the next images")
     e.set_defaults(func=_cmd_eval)
 
@@ -222,17 +247,135 @@ def build_parser() -> argparse.ArgumentParser:
                         "(per-worker rate x WORKERS) to the 160k-iteration projection")
     b.add_argument("--json", help="write every figure, the command, machine and versions to this file")
     b.set_defaults(func=_cmd_bench)
+    for q in sub.choices.values():  # --debug also after the command (SUPPRESS keeps the top-level value)
+        q.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    from .weights import CheckpointMismatchError
-    args = build_parser().parse_args(argv)
+# Integer options that must be positive (or, for workers, not negative): checked before any work.
+_POSITIVE = ("iters", "batch_size", "crop", "slide_crop", "slide_stride", "batch", "size", "steps", "data_images",
+             "data_crop", "checkpoint_every", "loss_chunk_rows")
+_NOT_NEGATIVE = ("workers", "warmup")
+
+
+def _check_numbers(args) -> None:
+    for name in _POSITIVE + _NOT_NEGATIVE:
+        value = getattr(args, name, None)
+        if isinstance(value, int) and value < (1 if name in _POSITIVE else 0):
+            need = "a positive" if name in _POSITIVE else "a non-negative"
+            raise ValueError(f"--{name.replace('_', '-')} must be {need} integer, got {value}")
+    if getattr(args, "lr", None) is not None and not args.lr > 0:
+        raise ValueError(f"--lr must be a positive number, got {args.lr}")
+
+
+def _check_device(name: str | None) -> None:
+    """An unknown, misspelt or absent --device fails here, naming the devices this machine has."""
+    if name is None:
+        return
+    import torch
+    known = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        near = difflib.get_close_matches(name.split(":")[0], ["cpu", "cuda", "mps"], n=1)
+        hint = f"; did you mean {near[0]}?" if near else ""
+        raise ValueError(f"--device {name!r} is not a device: use {' or '.join(known)}{hint}") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"--device {name}: no CUDA GPU is visible here; use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"--device {name}: this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: MPS is not available here; use {' or '.join(known)}")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {name}: segedu runs on {' or '.join(known)}")
+
+
+def _check_recipe_file(config: str | None) -> None:
+    """A --config JSON file that cannot be read as a recipe fails here, naming the file."""
+    if not config or not config.endswith(".json"):
+        return
+    import json
+
+    from .recipes import get_recipe
+    try:
+        get_recipe(config)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"recipe file {config} is not valid JSON ({err}); fix the file") from err
+    except (TypeError, ValueError, AttributeError) as err:
+        raise ValueError(f"recipe file {config}: {err}; fix the file (see segedu.recipes.Recipe)") from err
+
+
+def _check_data(args) -> None:
+    """Before training or evaluation: the data exist and pair up; print what was found and skipped."""
+    from .data import open_dataset
+    from .data.hub import is_local_path
+    if not is_local_path(str(args.data)):
+        return  # a hub id: its columns and splits are checked from its metadata when it is opened
+    splits = ("training", "validation") if args.command == "train" else ("validation",)
+    columns = {"image_column": getattr(args, "image_column", None), "label_column": getattr(args, "label_column", None)}
+    for split in splits:
+        dataset = open_dataset(args.data, split, **columns)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, one process says it
+            print(dataset.summary())
+
+
+def _check_outputs(args) -> None:
+    from .data.io import check_output_folder
+    if args.command in ("eval", "predict") and args.out:
+        check_output_folder(args.out, "--out")
+
+
+def _preflight(args) -> None:
+    """Checks of the arguments that need no work: numbers, device, model name, recipe file, outputs, data."""
+    _check_numbers(args)
+    _check_device(getattr(args, "device", None))
+    if getattr(args, "model", None):
+        from .registry import get_spec
+        get_spec(args.model)  # an unknown name: "Did you mean ...?" and the known names
+    if args.command == "train":
+        _check_recipe_file(args.config)
+    _check_outputs(args)
+    if args.command in ("train", "eval"):
+        _check_data(args)
+
+
+def _message(exc: BaseException) -> str:
+    """One line for an error: its first line, the file an OSError names, and what to do where known."""
+    if isinstance(exc, OSError) and exc.strerror:  # raised by the system: name the file and the cause
+        where = f"{exc.filename}: " if exc.filename else ""
+        text = f"{where}{exc.strerror}"
+        if exc.errno == errno.ENOSPC:
+            text += " (the disk is full: free some space or write to another disk)"
+        elif exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+            text += " (not writable: give a folder you may write to)"
+    elif isinstance(exc, KeyError):
+        text = f"missing entry {exc}"
+    else:
+        text = str(exc).strip() or type(exc).__name__
+    line = text.splitlines()[0] if text else type(exc).__name__
+    expected = (ValueError, OSError, KeyError, TypeError, FloatingPointError, ConnectionError, ImportError)
+    if not isinstance(exc, expected) and type(exc).__name__ != "CheckpointMismatchError":
+        line = f"{type(exc).__name__}: {line} (rerun with --debug for the traceback)"
+    return line
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command. Bad input ends in one line on stderr and exit code 2; ``--debug`` (or
+    ``SEGEDU_DEBUG=1``) shows the traceback instead."""
+    args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("SEGEDU_DEBUG", "") not in ("", "0")
+    try:
+        _preflight(args)
         args.func(args)
-    except (ValueError, FileNotFoundError, FloatingPointError, ConnectionError, CheckpointMismatchError) as exc:
-        # bad input (data, checkpoint, arguments), an offline hub id, or a diverged run: one clear line
-        print(f"segedu {args.command}: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"segedu {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # bad input, missing files, an offline hub id, a diverged run ...: one clear line
+        if debug:
+            raise
+        print(f"segedu {args.command}: error: {_message(exc)}", file=sys.stderr)
         return 2
     return 0
 

@@ -11,6 +11,7 @@ import torch.distributed as dist
 
 from . import checkpoint as ckpt
 from .data import ADE20K_CLASSES, open_dataset, test_transforms
+from .data.io import MARKER, check_output_folder, check_replaceable
 from .evaluate import evaluate
 from .predict import TestSettings, load_model, predict_mask
 from .recipes import Recipe
@@ -68,22 +69,31 @@ def evaluate_checkpoint(checkpoint=None, data=None, device=None, *, mode: str | 
                         crop: int | None = None, stride: int | None = None, classes=None,
                         reduce_zero_label: bool | None = None, out_dir: str | Path | None = None,
                         name: str | None = None, weights=None, source: str = "transformers",
-                        amp: bool | None = None, progress: bool = True, num_workers: int = 0) -> dict:
+                        amp: bool | None = None, progress: bool = True, num_workers: int = 0,
+                        image_column: str | None = None, label_column: str | None = None) -> dict:
     """Evaluate a training ``checkpoint`` (or public ``weights`` of model ``name``) on the validation
     split of ``data`` (anything :func:`segedu.data.open_dataset` accepts).
 
     ``mode`` / ``crop`` / ``stride`` override the recipe's (or the paper's) test setting; ``classes``
-    names a custom dataset's classes (their number must match the model). Prints the IoU table; with
-    ``out_dir`` also writes ``eval_<mode>.json`` and ``class_iou_<mode>.png``. Returns the metrics.
+    names a custom dataset's classes (their number must match the model; default: the checkpoint's
+    ``config.json`` names, if any). Prints the IoU table; with ``out_dir`` also writes ``eval_<mode>.json``
+    and ``class_iou_<mode>.png``, which may replace only files segedu wrote (checked before evaluating).
+    Returns the metrics.
     """
+    if out_dir is not None:
+        check_output_folder(out_dir, "--out")
     model, settings, facts = load_model(checkpoint, name, weights, source, device)
     settings = settings.with_mode(mode, crop, stride)
     num_classes = facts["num_classes"]
+    classes = facts["classes"] if classes is None else classes
+    if out_dir is not None:
+        check_replaceable([Path(out_dir) / f"eval_{settings.mode}.json", Path(out_dir) / f"class_iou_{settings.mode}.png"])
     if classes is not None and len(classes) != num_classes:
         raise ValueError(f"{len(classes)} class names given but the model predicts {num_classes} classes")
     rzl = facts["reduce_zero_label"] if reduce_zero_label is None else reduce_zero_label
     val = open_dataset(data, "validation", num_classes=num_classes, reduce_zero_label=rzl, classes=classes,
-                       transforms=test_transforms(settings.short_side, settings.size_divisor))
+                       transforms=test_transforms(settings.short_side, settings.size_divisor),
+                       image_column=image_column, label_column=label_column)
     device = next(model.parameters()).device
     amp = device.type == "cuda" if amp is None else amp
     metrics = evaluate(model, val, num_classes, device, amp=amp, progress=progress, mode=settings.mode,
@@ -98,7 +108,7 @@ def evaluate_checkpoint(checkpoint=None, data=None, device=None, *, mode: str | 
             out_dir.mkdir(parents=True, exist_ok=True)
             strict = {k: [None if math.isnan(x) else x for x in v] if isinstance(v, list) else v
                       for k, v in metrics.items()}  # JSON has no NaN: undefined IoU / Acc -> null
-            record = {"model": model_name, "data": str(data), "settings": vars(settings), "amp": amp,
+            record = {MARKER: "eval", "model": model_name, "data": str(data), "settings": vars(settings), "amp": amp,
                       "classes": list(val.classes), **strict}
             (out_dir / f"eval_{settings.mode}.json").write_text(json.dumps(record, indent=1))
             plot_class_iou(metrics, val.classes, out_dir / f"class_iou_{settings.mode}.png",

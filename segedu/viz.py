@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from .data.ade20k import ADE20K_PALETTE
+from .data.io import MARKER
 
 
 def colorize(mask: torch.Tensor, palette, ignore_index: int = 255) -> torch.Tensor:
@@ -54,7 +55,7 @@ def plot_class_iou(metrics: dict, classes, out_path: str | Path, title: str = ""
     ax.tick_params(axis="y", labelsize=7)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(out_path, dpi=80)
+    fig.savefig(out_path, dpi=80, metadata={MARKER: "plot_class_iou"})  # segedu may replace it later
     plt.close(fig)
     return Path(out_path)
 

@@ -3,17 +3,21 @@ generator and the mmseg pipeline. Fast: everything runs on tiny images."""
 
 from __future__ import annotations
 
+import io
 import json
+import warnings
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torchvision import tv_tensors
-from torchvision.io import ImageReadMode, encode_jpeg, encode_png, write_file
+from PIL import Image
+from torchvision.io import encode_jpeg, encode_png, write_file
 
 from segedu.data import ade20k, synthetic
 from segedu.data import transforms as T
+from segedu.data.io import read_image
 
 # torchvision >= 0.29 flags its image codecs as deprecated on every call.
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
@@ -206,6 +210,30 @@ def test_ensure_synthetic_caches(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["syn"]  # written beside root, swapped in, nothing left over
 
 
+def test_ensure_synthetic_touches_only_its_own_folders(tmp_path):
+    """A folder of the user's (no segedu meta.json), or a set with a file added, is refused and left as it was."""
+    kw = dict(n_train=1, n_val=1, size=(40, 56), seed=0)
+    mine = tmp_path / "mine"
+    (mine / "images").mkdir(parents=True)
+    (mine / "notes.txt").write_text("my notes")
+    (mine / "images" / "holiday.jpg").write_bytes(b"jpeg")
+    with pytest.raises(FileExistsError, match="2 file.* that segedu did not make"):
+        synthetic.ensure_synthetic(mine, **kw)
+    (mine / "meta.json").write_text('{"generator": "someone else"}')
+    with pytest.raises(FileExistsError, match="did not make"):
+        synthetic.ensure_synthetic(mine, **kw)
+    assert sorted(p.name for p in mine.rglob("*")) == ["holiday.jpg", "images", "meta.json", "notes.txt"]
+
+    ours = synthetic.ensure_synthetic(tmp_path / "ours", **kw)
+    assert json.loads((ours / "meta.json").read_text())["generator"] == synthetic.GENERATOR  # the marker
+    (ours / "images" / "training" / "extra.jpg").write_bytes(b"the user's")
+    with pytest.raises(FileExistsError, match=r"also holds 1 other file.*extra.jpg"):
+        synthetic.ensure_synthetic(ours, **{**kw, "seed": 1})
+    assert (ours / "images" / "training" / "extra.jpg").read_bytes() == b"the user's"
+    (tmp_path / "empty").mkdir()
+    assert (synthetic.ensure_synthetic(tmp_path / "empty", **kw) / "meta.json").is_file()  # nothing to lose
+
+
 # ----------------------------------------------------------------------------
 # Transforms
 # ----------------------------------------------------------------------------
@@ -356,13 +384,77 @@ def test_read_and_resolve_classes(tmp_path):
     assert ade20k.resolve_classes(150, ["a", "b"]) == ("a", "b")  # given names fix the count
 
 
-def test_decode_names_missing_and_corrupt_sources(tmp_path):
+def test_read_image_names_missing_and_corrupt_sources(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.jpg"):
-        ade20k.decode(tmp_path / "nope.jpg", ImageReadMode.RGB)
+        read_image(tmp_path / "nope.jpg")
     with pytest.raises(ValueError, match="row 3"):
-        ade20k.decode(b"garbage", ImageReadMode.RGB, where="row 3")
-    png = encode_png(torch.arange(6, dtype=torch.uint8).view(1, 2, 3))
-    assert ade20k.decode(bytes(png.numpy()), ImageReadMode.UNCHANGED).tolist() == [[[0, 1, 2], [3, 4, 5]]]
+        read_image(b"garbage", where="row 3")
+    png = io.BytesIO()
+    Image.fromarray(np.arange(6, dtype=np.uint8).reshape(2, 3)).save(png, format="PNG")
+    assert read_image(png.getvalue(), label=True).tolist() == [[[0, 1, 2], [3, 4, 5]]]
+
+
+def _exif_jpeg(path, pixels: np.ndarray, orientation: int) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # Orientation tag
+    Image.fromarray(pixels).save(path, format="JPEG", quality=100, exif=exif.tobytes())
+
+
+def test_read_image_decodes_jpeg_png_16_bit_and_exif_without_warnings(tmp_path):
+    """The one reader: RGB from JPEG / grey / palette PNG, 16-bit labels with their values, EXIF rotation
+    applied to images (as displayed) and not to label maps; no deprecation warning from any of it."""
+    stored = np.zeros((8, 12, 3), dtype=np.uint8)
+    stored[:2, :, 0] = 255  # a red band at the top of the stored pixels
+    _exif_jpeg(tmp_path / "rotated.JPG", stored, orientation=6)  # 6: shown rotated 90 degrees clockwise
+    grey = np.arange(20, dtype=np.uint8).reshape(4, 5)
+    Image.fromarray(grey).save(tmp_path / "grey.png")
+    wide = np.array([[0, 1, 150, 255]], dtype=np.uint16)
+    Image.fromarray(wide).save(tmp_path / "label16.png")  # Pillow writes mode I;16 as 16-bit PNG
+    Image.fromarray(wide.astype(np.uint8)).save(tmp_path / "label8.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a DeprecationWarning (e.g. torchvision.io's) fails the test
+        shown = read_image(tmp_path / "rotated.JPG")
+        as_stored = read_image(tmp_path / "rotated.JPG", label=True)
+        rgb_grey = read_image(tmp_path / "grey.png")
+        label16 = read_image(tmp_path / "label16.png", label=True)
+        label8 = read_image(tmp_path / "label8.png", label=True)
+    assert shown.shape == (3, 12, 8) and shown.dtype == torch.uint8  # displayed: portrait
+    assert shown[0, :, -2:].float().mean() > 200 and shown[0, :, :2].float().mean() < 50  # red band now on the right
+    assert as_stored.shape == (3, 8, 12)  # label maps are read as stored, like mmseg's LoadAnnotations
+    assert rgb_grey.shape == (3, 4, 5) and torch.equal(rgb_grey[1], torch.from_numpy(grey))
+    assert label16.dtype == torch.int32 and label16.tolist() == [[[0, 1, 150, 255]]]
+    assert torch.equal(ade20k.prepare_mask(label16, 150, True, "m"), ade20k.prepare_mask(label8, 150, True, "m"))
+    Image.fromarray(np.array([[0, 300]], dtype=np.uint16)).save(tmp_path / "big16.png")
+    with pytest.raises(ValueError, match=r"big16.png: a 16-bit label map with values up to 300"):
+        ade20k.prepare_mask(read_image(tmp_path / "big16.png", label=True), 150, True, str(tmp_path / "big16.png"))
+
+
+def test_folder_applies_exif_so_a_rotated_photo_lines_up_with_its_mask(tmp_path):
+    """A non-square photo stored landscape with EXIF 'rotate 90': its label map was drawn on the portrait view."""
+    for d in ("images/training", "annotations/training"):
+        (tmp_path / d).mkdir(parents=True)
+    _exif_jpeg(tmp_path / "images/training/photo.jpeg", np.full((8, 12, 3), 90, np.uint8), orientation=6)
+    Image.fromarray(np.ones((12, 8), np.uint8)).save(tmp_path / "annotations/training/photo.PNG")
+    image, mask = ade20k.SegmentationFolder(tmp_path, "training")[0]
+    assert image.shape == (3, 12, 8) and mask.shape == (12, 8)
+
+
+def test_folder_pairs_any_case_lists_skipped_files_and_takes_val(tmp_path):
+    for d in ("images/val", "annotations/val"):
+        (tmp_path / d).mkdir(parents=True)
+    for name in ("a.JPG", "b.jpeg", "c.png"):
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "images/val" / name,
+                                                            format="PNG" if name.endswith("png") else "JPEG")
+    for stem in ("a", "b", "c", "orphan"):
+        Image.fromarray(np.ones((4, 4), np.uint8)).save(tmp_path / "annotations/val" / f"{stem}.png")
+    (tmp_path / "images/val/notes.txt").write_text("mine")
+    ds = ade20k.SegmentationFolder(tmp_path, "validation")
+    assert [p.name for p in ds.images] == ["a.JPG", "b.jpeg", "c.png"] and len(ds) == 3
+    assert ds.summary().endswith("skipped 2: notes.txt (not a .jpg/.jpeg/.png file), "
+                                 "orphan.png (label map without an image)")
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "images/val/a.png")
+    with pytest.raises(ValueError, match="a.JPG and a.png .* share the name 'a'"):
+        ade20k.SegmentationFolder(tmp_path, "validation")
 
 
 def test_prepare_mask_reduces_and_audits():

@@ -310,3 +310,21 @@ def test_cli_eval_errors(eval_setup, tmp_path, capsys):
     assert "needs a crop and a stride" in capsys.readouterr().err
     assert cli_main(["eval", "--checkpoint", str(checkpoint), "--data", str(tmp_path / "nothing.parquet")]) == 2
     assert "nothing.parquet" in capsys.readouterr().err
+
+
+def test_cli_eval_out_is_checked_before_evaluating(eval_setup, tmp_path, capsys):
+    """eval --out: a file, or a result file segedu did not write, stops eval before the model runs;
+    its own earlier results are replaced."""
+    root, _, checkpoint = eval_setup
+    args = ["eval", "--checkpoint", str(checkpoint), "--data", str(root), "--device", "cpu", "--out"]
+    (tmp_path / "file").write_text("mine")
+    assert cli_main([*args, str(tmp_path / "file")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    (tmp_path / "eval_whole.json").write_text('{"mine": 1}')
+    assert cli_main([*args, str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "eval_whole.json exists and segedu did not make it" in err and "mIoU" not in err
+    assert (tmp_path / "eval_whole.json").read_text() == '{"mine": 1}'
+    out = tmp_path / "results"
+    assert cli_main([*args, str(out)]) == 0 and cli_main([*args, str(out)]) == 0  # its own files: replaced
+    assert json.loads((out / "eval_whole.json").read_text())["segedu"] == "eval"

@@ -150,8 +150,14 @@ def test_readable_errors(ade, stores, tmp_path):
         [{"img": r["image"], "label": r["annotation"]} for r in rows["validation"]],
         features=datasets.Features({"img": datasets.Image(), "label": datasets.Image()}))
     renamed.to_parquet(str(tmp_path / "renamed.parquet"))
-    with pytest.raises(ValueError, match=r"no column\(s\) \['image', 'annotation'\].*\['img', 'label'\]"):
-        open_dataset(tmp_path / "renamed.parquet", "validation")
+    with pytest.raises(ValueError, match=r"no column 'picture' \(--image-column\); its columns are \['img', 'label'\]"):
+        open_dataset(tmp_path / "renamed.parquet", "validation", image_column="picture")
+    odd = datasets.Dataset.from_list(
+        [{"x": r["image"], "y": r["annotation"]} for r in rows["validation"]],
+        features=datasets.Features({"x": datasets.Image(), "y": datasets.Image()}))
+    odd.to_parquet(str(tmp_path / "odd.parquet"))
+    with pytest.raises(ValueError, match=r"no image column I know .*\['x', 'y'\]: name it with --image-column"):
+        open_dataset(tmp_path / "odd.parquet", "validation")
     corrupt = dict(rows["validation"][0], image={"bytes": b"not a jpeg", "path": "broken.jpg"})
     _table([corrupt]).to_parquet(str(tmp_path / "corrupt.parquet"))
     with pytest.raises(ValueError, match="broken.jpg"):
@@ -176,6 +182,7 @@ def test_hub_id_goes_through_load_dataset(ade, monkeypatch):
         return _table(rows[{"train": "training", "validation": "validation"}[kwargs["split"]]])
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr(datasets, "load_dataset_builder", lambda **kw: (_ for _ in ()).throw(ConnectionError()))
     from_hub = open_dataset("someone/ade20k-copy", "validation")
     _assert_same(_samples(from_hub), _samples(open_dataset(root, "validation")))
     open_dataset("scene_parse_150", "training")
@@ -190,3 +197,54 @@ def test_hub_id_offline_fails_with_a_message_naming_the_id(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert "ERROR could not load the hub dataset 'someone/no-such-ade20k'" in out.stdout, out.stderr[-2000:]
+
+
+def test_columns_named_otherwise_are_found_or_given(ade, tmp_path):
+    """A copy with columns 'img' / 'label' is read by name detection, or with image_column / label_column."""
+    _, rows = ade
+    renamed = datasets.Dataset.from_list(
+        [{"pixels": r["image"], "label": r["annotation"]} for r in rows["validation"]],
+        features=datasets.Features({"pixels": datasets.Image(), "label": datasets.Image()}))
+    renamed.to_parquet(str(tmp_path / "renamed.parquet"))
+    given = open_dataset(tmp_path / "renamed.parquet", "validation", image_column="pixels")
+    assert given.image_column == "pixels" and given.label_column == "label"
+    _assert_same(_samples(given), _samples(open_dataset(ade[0], "validation")))
+
+
+def test_a_parquet_export_with_several_configs_is_never_mixed(ade, tmp_path):
+    """scene_parsing/ and instance_segmentation/ side by side: scene_parsing is taken; without it, refused."""
+    _, rows = ade
+    for config, take in (("scene_parsing", slice(None)), ("instance_segmentation", slice(0, 1))):
+        for split, hf in HF_SPLIT.items():
+            (tmp_path / "export" / config / hf).mkdir(parents=True, exist_ok=True)
+            _table(rows[split][take]).to_parquet(str(tmp_path / "export" / config / hf / "0000.parquet"))
+    ds = open_dataset(tmp_path / "export", "validation")
+    assert len(ds) == len(rows["validation"])  # scene_parsing's rows only
+    (tmp_path / "export" / "scene_parsing").rename(tmp_path / "export" / "other")
+    with pytest.raises(ValueError, match=r"several configs \(instance_segmentation, other\)"):
+        open_dataset(tmp_path / "export", "validation")
+
+
+def test_hub_split_names_fall_back_between_validation_and_val(ade, monkeypatch):
+    _, rows = ade
+    asked = []
+
+    def fake_load_dataset(**kwargs):
+        asked.append(kwargs["split"])
+        if kwargs["split"] != "val":
+            raise ValueError(f'Unknown split "{kwargs["split"]}". Should be one of [\'train\', \'val\'].')
+        return _table(rows["validation"])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr(datasets, "load_dataset_builder", lambda **kw: (_ for _ in ()).throw(ConnectionError()))
+    assert len(open_dataset("someone/copy-with-val", "validation")) == len(rows["validation"])
+    assert asked == ["validation", "val"]
+
+
+def test_a_mistyped_relative_path_is_a_missing_folder_not_a_hub_id(tmp_path, monkeypatch):
+    (tmp_path / "data" / "synthetic").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(datasets, "load_dataset", lambda **kw: pytest.fail("sent to the hub"))
+    with pytest.raises(FileNotFoundError, match=r"--data data/synthtic: no such folder .*did you mean data/synthetic"):
+        open_dataset("data/synthtic", "validation")
+    assert hub.is_local_path("data/a/b") and not hub.is_local_path("someone/ade20k") and hub.is_local_path("./x")

@@ -11,22 +11,21 @@ values are shifted by ``reduce_zero_label`` (the rule of mmsegmentation's
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_image
+
+from .io import IMAGE_SUFFIXES, LABEL_SUFFIXES, read_image
 
 IGNORE_INDEX = 255
 SPLITS = ("training", "validation")
 # Other spellings of the two split names (Hugging Face datasets say "train").
 SPLIT_ALIASES = {"train": "training", "training": "training", "val": "validation", "validation": "validation"}
-IMAGE_SUFFIX = ".jpg"
-ANNOTATION_SUFFIX = ".png"
+# Folder names a split may have on disk, tried in order (ADE20K's first).
+SPLIT_FOLDERS = {"training": ("training", "train"), "validation": ("validation", "val")}
 
 # The 150 classes in benchmark order: class index k (after reduce_zero_label)
 # is PNG value k + 1. Same order as mmsegmentation's ADE20KDataset; mmseg
@@ -168,14 +167,21 @@ def resolve_classes(num_classes: int, classes: Sequence[str] | None) -> tuple[st
 
 
 def prepare_mask(raw: Tensor, num_classes: int, reduce: bool, where: str) -> Tensor:
-    """A decoded label PNG ``[1, H, W]`` uint8 -> audited int64 ``[H, W]`` class indices.
+    """A decoded label PNG ``[1, H, W]`` (uint8, or int32 from 16 bits) -> audited int64 ``[H, W]`` class indices.
 
+    16-bit maps are taken when every value fits 8 bits (0..255) and refused, naming the file, otherwise.
     Applies :func:`reduce_zero_label` when ``reduce`` and checks the values with
     :func:`audit_labels`; ``where`` (a file or sample name) goes into every error message.
     """
     if raw.shape[0] != 1:
         raise ValueError(f"{where}: expected a single-channel label PNG, got {raw.shape[0]} channels")
     mask = raw[0]  # [H, W]
+    if mask.dtype != torch.uint8:  # a 16-bit PNG: its values are used when they fit 8 bits
+        top = int(mask.max()) if mask.numel() else 0
+        if top > IGNORE_INDEX or int(mask.min()) < 0:
+            raise ValueError(f"{where}: a 16-bit label map with values up to {top}; segedu takes label values "
+                             f"0..{IGNORE_INDEX} (save the map as 8-bit PNG with class indices)")
+        mask = mask.to(torch.uint8)
     if reduce:
         mask = reduce_zero_label(mask)
     mask = mask.to(torch.int64)
@@ -210,20 +216,55 @@ def label_histogram(
     return hist
 
 
+def pair_files(image_dir: Path, annotation_dir: Path) -> tuple[list[Path], list[Path], list[tuple[Path, str]]]:
+    """Images and label maps of one split paired by file stem; suffixes compared case-insensitively.
+
+    Returns ``(images, annotations, skipped)`` where ``skipped`` lists ``(file, reason)`` for every file
+    left out. Two images (or labels) with one stem, and an image without a label map, are errors.
+    """
+    images, labels, skipped = {}, {}, []
+    for folder, suffixes, found in ((image_dir, IMAGE_SUFFIXES, images), (annotation_dir, LABEL_SUFFIXES, labels)):
+        for path in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
+            if not path.is_file() or path.suffix.lower() not in suffixes:
+                skipped.append((path, f"not a {'/'.join(suffixes)} file"))
+            elif path.stem in found:
+                raise ValueError(f"{found[path.stem].name} and {path.name} in {folder} share the name "
+                                 f"{path.stem!r}; keep one of them")
+            else:
+                found[path.stem] = path
+    if not images:
+        raise FileNotFoundError(f"no {'/'.join(IMAGE_SUFFIXES)} images in {image_dir}")
+    missing = [images[s] for s in images if s not in labels]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} image(s) in {image_dir} have no label map in {annotation_dir}, "
+                                f"e.g. {missing[0].name} needs {missing[0].stem}.png")
+    skipped += [(labels[s], "label map without an image") for s in sorted(labels) if s not in images]
+    stems = sorted(images)
+    return [images[s] for s in stems], [labels[s] for s in stems], skipped
+
+
+def describe_skipped(skipped: Sequence[tuple[Path, str]], limit: int = 5) -> str:
+    """``"skipped 2: a.txt (not a ...), b.png (label map without an image)"`` (empty when none)."""
+    if not skipped:
+        return ""
+    shown = ", ".join(f"{p.name} ({why})" for p, why in skipped[:limit])
+    more = f" and {len(skipped) - limit} more" if len(skipped) > limit else ""
+    return f"skipped {len(skipped)}: {shown}{more}"
+
+
 class SegmentationFolder(Dataset):
     """Image/label pairs stored in the ADE20K folder layout.
 
-    ``root/images/{split}/*.jpg`` are paired by file name stem with
-    ``root/annotations/{split}/*.png``. Each item is ``(image, mask)``:
-    image uint8 [3, H, W] RGB (grayscale JPEGs, which ADE20K has, are
-    expanded to RGB) and mask int64 [H, W] with class indices in
-    [0, num_classes) and 255 = ignore, after ``reduce_zero_label`` when
-    enabled. Every mask is checked with :func:`audit_labels`. If
+    ``root/images/{split}/NAME.jpg`` (also ``.jpeg`` / ``.png``, any case) is paired by file stem with
+    ``root/annotations/{split}/NAME.png``; a split folder may also be named ``train`` / ``val``.
+    Other files are skipped and listed in ``skipped`` as ``(path, reason)``. Each item is
+    ``(image, mask)``: image uint8 [3, H, W] RGB as displayed (:func:`segedu.data.io.read_image`),
+    mask int64 [H, W] with class indices in [0, num_classes) and 255 = ignore, after
+    ``reduce_zero_label`` when enabled. Every mask is checked with :func:`audit_labels`. If
     ``transforms`` is given it is called as ``transforms(image, mask)``.
 
     ``classes`` defaults to :data:`ADE20K_CLASSES`; a custom dataset passes
     its own names and ``num_classes`` becomes ``len(classes)``.
-    Annotations without an image are ignored.
     """
 
     def __init__(
@@ -243,40 +284,38 @@ class SegmentationFolder(Dataset):
         self.split = split
         self.transforms = transforms
         self.reduce_zero_label = reduce_zero_label
-        self.image_dir = self.root / "images" / split
-        self.annotation_dir = self.root / "annotations" / split
+        names = SPLIT_FOLDERS[split]
+        name = next((n for n in names if (self.root / "images" / n).is_dir()), names[0])
+        self.image_dir = self.root / "images" / name
+        self.annotation_dir = self.root / "annotations" / name
         for folder in (self.image_dir, self.annotation_dir):
             if not folder.is_dir():
                 raise FileNotFoundError(
                     f"missing folder {folder} (expected the ADE20K layout "
                     f"images/{split}/*.jpg and annotations/{split}/*.png under {self.root})"
                 )
-        self.images = sorted(self.image_dir.glob(f"*{IMAGE_SUFFIX}"))
-        if not self.images:
-            raise FileNotFoundError(f"no *{IMAGE_SUFFIX} images in {self.image_dir}")
-        self.annotations = [self.annotation_dir / (p.stem + ANNOTATION_SUFFIX) for p in self.images]
-        missing = [a for a in self.annotations if not a.is_file()]
-        if missing:
-            raise FileNotFoundError(
-                f"{len(missing)} image(s) in {self.image_dir} have no annotation, "
-                f"e.g. {missing[0]} is missing"
-            )
+        self.images, self.annotations, self.skipped = pair_files(self.image_dir, self.annotation_dir)
 
     def __len__(self) -> int:
         return len(self.images)
 
+    def summary(self) -> str:
+        """One line: how many pairs were found where, and which files were skipped and why."""
+        skipped = describe_skipped(self.skipped)
+        return f"{self.split}: {len(self)} image/label pairs in {self.image_dir}" + (f"; {skipped}" if skipped else "")
+
     def load_mask(self, index: int) -> Tensor:
         """The audited int64 [H, W] label map of item ``index`` (no image decoding)."""
         path = self.annotations[index]
-        raw = decode(path, ImageReadMode.UNCHANGED)  # [C, H, W] uint8
+        raw = read_image(path, label=True)  # [C, H, W]
         return prepare_mask(raw, self.num_classes, self.reduce_zero_label, str(path))
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        image = decode(self.images[index], ImageReadMode.RGB)  # [3, H, W] uint8
+        image = read_image(self.images[index])  # [3, H, W] uint8, as displayed
         mask = self.load_mask(index)
         if mask.shape != image.shape[1:]:
             raise ValueError(
-                f"size mismatch: {self.images[index]} is {tuple(image.shape[1:])} but "
+                f"size mismatch: {self.images[index]} is {tuple(image.shape[1:])} (as displayed) but "
                 f"{self.annotations[index]} is {tuple(mask.shape)}"
             )
         if self.transforms is not None:
@@ -288,28 +327,3 @@ class SegmentationFolder(Dataset):
             f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, "
             f"n={len(self)}, num_classes={self.num_classes})"
         )
-
-
-@contextmanager
-def quiet_codec_warnings() -> Iterator[None]:
-    """Silence torchvision's per-call notice that its image codecs are
-    deprecated in favour of TorchCodec (torchvision >= 0.29); they still work."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The image decoding and encoding", category=DeprecationWarning)
-        yield
-
-
-def decode(source: str | Path | bytes, mode: ImageReadMode, where: str | None = None) -> Tensor:
-    """Decode an image file (or its encoded bytes) to uint8 ``[C, H, W]`` with torchvision.
-
-    A missing, unreadable or corrupt image raises an error naming ``where`` (default: the path).
-    """
-    where = where or str(source)
-    if isinstance(source, (str, Path)) and not Path(source).is_file():
-        raise FileNotFoundError(f"image {where} does not exist")
-    data = torch.frombuffer(bytearray(source), dtype=torch.uint8) if isinstance(source, bytes) else str(source)
-    try:
-        with quiet_codec_warnings():
-            return decode_image(data, mode=mode)
-    except (RuntimeError, ValueError, OSError) as err:
-        raise ValueError(f"could not decode {where}: {err}") from err

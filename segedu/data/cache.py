@@ -13,6 +13,9 @@ import numpy as np
 import torch
 
 
+CACHE_FILES = ("images.u8", "masks.u8", "index.json")
+
+
 class DecodedCache(torch.utils.data.Dataset):
     """The samples of a ``SegmentationFolder``, decoded once and kept as raw uint8 in memory-mapped files.
 
@@ -35,7 +38,7 @@ class DecodedCache(torch.utils.data.Dataset):
         index_path = self.cache_dir / "index.json"
         try:
             index = json.loads(index_path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+        except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
             index = None
         self.built = index is None or {k: index.get(k) for k in wanted} != wanted
         if self.built:
@@ -47,6 +50,15 @@ class DecodedCache(torch.utils.data.Dataset):
         self.masks = np.memmap(self.cache_dir / "masks.u8", dtype=np.uint8, mode="r")
 
     def _build(self, folder, wanted: dict) -> dict:
+        if folder.num_classes > 255:
+            raise ValueError(f"the decoded cache stores labels in 8 bits: {folder.num_classes} classes do not fit")
+        if self.cache_dir.exists() and not self.cache_dir.is_dir():
+            raise FileExistsError(f"--data-cache {self.cache_dir} is a file; give a folder")
+        if self.cache_dir.is_dir():  # written only where it holds nothing but its own files
+            foreign = sorted(p.name for p in self.cache_dir.iterdir() if p.name not in CACHE_FILES)
+            if foreign or ((self.cache_dir / "index.json").exists() and not self._own_index()):
+                raise FileExistsError(f"--data-cache {self.cache_dir} holds files segedu did not make "
+                                      f"({', '.join(foreign) or 'index.json'}); give an empty or new folder")
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         (self.cache_dir / "index.json").unlink(missing_ok=True)  # a half-written cache is never taken as valid
         sizes, image_offsets, mask_offsets = [], [0], [0]
@@ -65,6 +77,14 @@ class DecodedCache(torch.utils.data.Dataset):
         index = {**wanted, "sizes": sizes, "image_offsets": image_offsets, "mask_offsets": mask_offsets}
         (self.cache_dir / "index.json").write_text(json.dumps(index))
         return index
+
+    def _own_index(self) -> bool:
+        """True if ``index.json`` is one this class wrote (it holds the folder's file stems)."""
+        try:
+            index = json.loads((self.cache_dir / "index.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return False
+        return isinstance(index, dict) and "stems" in index and "version" in index
 
     def __len__(self) -> int:
         return len(self.sizes)

@@ -29,10 +29,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
-from torchvision.io import encode_jpeg, encode_png, write_file
+from PIL import Image
 
-from .ade20k import ADE20K_CLASSES, quiet_codec_warnings
+from .ade20k import ADE20K_CLASSES
 
 GENERATOR_VERSION = 1
 SPLIT_IDS = {"training": 0, "validation": 1}
@@ -698,9 +697,13 @@ def _file_stem(split: str, index: int) -> str:
     return f"SYN_{'train' if split == 'training' else 'val'}_{index:05d}"
 
 
+# meta.json's "generator" value: the marker of a folder this module made (and may replace).
+GENERATOR = "segedu.data.synthetic"
+
+
 def _meta(n_train: int, n_val: int, size: tuple[int, int], seed: int) -> dict:
     return {
-        "generator": "segedu.data.synthetic",
+        "generator": GENERATOR,
         "version": GENERATOR_VERSION,
         "seed": seed,
         "size_hw": list(size),
@@ -724,11 +727,13 @@ def generate(
     ``annotations/{split}/SYN_*.png`` (single-channel uint8) and
     ``meta.json`` (written last, so an interrupted run is never mistaken for
     a finished one). Refuses to write into an existing set unless
-    ``overwrite``; then it first deletes the old ``SYN_*`` files.
+    ``overwrite``; then it first deletes the old ``SYN_*`` files. A folder holding
+    files this module did not make is refused (:func:`check_ours`).
     """
     root = Path(root)
     if (root / "meta.json").exists() and not overwrite:
         raise FileExistsError(f"{root} already holds a synthetic set; pass overwrite=True")
+    check_ours(root)  # only an empty folder or a set made here is written into
     (root / "meta.json").unlink(missing_ok=True)
     for split, count in (("training", n_train), ("validation", n_val)):
         image_dir, annotation_dir = root / "images" / split, root / "annotations" / split
@@ -740,14 +745,43 @@ def generate(
             rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
             image, mask = render_scene(rng, size)
             stem = _file_stem(split, index)
-            with quiet_codec_warnings():
-                chw = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))  # [3, H, W]
-                jpeg = encode_jpeg(chw, quality=JPEG_QUALITY)
-                png = encode_png(torch.from_numpy(mask)[None])  # [1, H, W] uint8
-            write_file(str(image_dir / f"{stem}.jpg"), jpeg)
-            write_file(str(annotation_dir / f"{stem}.png"), png)
+            # Pillow's JPEG encoder gives the same bytes as torchvision's encode_jpeg did (libjpeg-turbo, 4:2:0).
+            Image.fromarray(image).save(image_dir / f"{stem}.jpg", format="JPEG", quality=JPEG_QUALITY)
+            Image.fromarray(mask).save(annotation_dir / f"{stem}.png", format="PNG")  # uint8 [H, W]
     (root / "meta.json").write_text(json.dumps(_meta(n_train, n_val, tuple(size), seed), indent=2) + "\n")
     return root
+
+
+def _read_meta(root: Path) -> dict | None:
+    try:
+        meta = json.loads((root / "meta.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def check_ours(root: str | Path) -> None:
+    """Raise ``FileExistsError`` unless ``root`` is missing, empty, or a set this module made: a ``meta.json``
+    whose ``generator`` is :data:`GENERATOR`, and no other files than ``images/*/SYN_*.jpg`` and
+    ``annotations/*/SYN_*.png``. Nothing else may be replaced."""
+    root = Path(root)
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise FileExistsError(f"{root} is a file; give a folder path for the synthetic set")
+    files = [p.relative_to(root) for p in root.rglob("*") if not p.is_dir()]
+    if not files:
+        return
+    meta = _read_meta(root)
+    if meta is None or meta.get("generator") != GENERATOR:
+        raise FileExistsError(f"{root} holds {len(files)} file(s) that segedu did not make (no meta.json written by "
+                              f"{GENERATOR}); give an empty or new folder")
+    foreign = [f for f in files if f.as_posix() != "meta.json" and not (
+        len(f.parts) == 3 and ((f.parts[0] == "images" and f.suffix == ".jpg")
+                               or (f.parts[0] == "annotations" and f.suffix == ".png")) and f.name.startswith("SYN_"))]
+    if foreign:
+        raise FileExistsError(f"{root} is a synthetic set but also holds {len(foreign)} other file(s), e.g. "
+                              f"{foreign[0]}; move them away first (segedu replaces only what it made)")
 
 
 def ensure_synthetic(
@@ -758,20 +792,24 @@ def ensure_synthetic(
     seed: int = 0,
 ) -> Path:
     """Return ``root``, generating the set first if it is missing or was made
-    with other parameters (or by another generator version)."""
+    with other parameters (or by another generator version).
+
+    Only a missing or empty folder, or one this module made (:func:`check_ours`), is written or replaced.
+    """
     root = Path(root)
     wanted = _meta(n_train, n_val, tuple(size), seed)
-    try:
-        found = json.loads((root / "meta.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        found = None
-    if found == wanted:
+    if _read_meta(root) == wanted:
         return root
+    check_ours(root)
     # Write a complete set beside ``root``, then swap it in with renames: a reader (or a second
     # process generating at the same time) never sees a half-written set.
     root.parent.mkdir(parents=True, exist_ok=True)
     fresh = Path(tempfile.mkdtemp(prefix=f".{root.name}.new-", dir=root.parent))
-    generate(fresh, n_train, n_val, size, seed)
+    try:
+        generate(fresh, n_train, n_val, size, seed)
+    except BaseException:
+        shutil.rmtree(fresh, ignore_errors=True)  # ours: made just above
+        raise
     stale = root.parent / f".{root.name}.old-{os.getpid()}"
     try:
         root.rename(stale)
