@@ -149,10 +149,18 @@ def read_state_dict(path: str | Path) -> StateDict:
     return dict(obj)
 
 
-# Modules whose functions a pickle would only name to run them: a file naming one is a program, not a checkpoint.
-_REFUSED_MODULES = {"builtins", "os", "posix", "nt", "subprocess", "sys", "shutil", "importlib", "runpy", "socket",
-                    "pty", "code", "codecs", "pickle", "marshal", "ctypes", "webbrowser", "io", "pathlib", "operator",
-                    "functools", "types", "torch.hub", "torch.serialization"}
+# What a pickle names only to run a program (a file naming one is refused, with its name): functions of these
+# modules, and these builtins. Everything else a release pickles (mmengine's HistoryBuffer, which pickles
+# ``getattr(buffer, "min")``; numpy arrays) is replaced by an inert stand-in, so nothing runs in any case.
+_REFUSED_MODULES = {"os", "posix", "nt", "subprocess", "shutil", "socket", "runpy", "pty", "webbrowser", "ctypes",
+                    "importlib", "sys", "code", "pickle", "marshal", "torch.hub", "torch.serialization"}
+_REFUSED_BUILTINS = {"eval", "exec", "open", "compile", "__import__", "breakpoint", "input", "exit", "quit"}
+
+
+def _refused(name: str) -> bool:
+    module, _, attr = name.rpartition(".")
+    return (module in _REFUSED_MODULES or module.split(".")[0] in _REFUSED_MODULES
+            or (module in ("builtins", "__builtin__") and attr in _REFUSED_BUILTINS))
 
 
 class _Inert:
@@ -169,8 +177,8 @@ class _Inert:
 def load_pickled(path: str | Path):
     """``torch.load(path, weights_only=True)``, also for mmseg / mmengine releases that pickle objects of their
     own next to the tensors (``meta``, ``message_hub``): each such class is replaced by an inert stand-in, so
-    nothing from the file is ever executed (no ``weights_only=False``). A file that names a function of
-    ``os``, ``subprocess``, ``builtins``, ... is refused. Errors are one line naming the file and the reason."""
+    nothing from the file is ever executed (no ``weights_only=False``). A file that names ``os.system``,
+    ``subprocess``, ``builtins.exec``, ... is refused by name. Errors are one line naming the file and the reason."""
     import pickle
     path = Path(path)
     try:
@@ -183,7 +191,7 @@ def load_pickled(path: str | Path):
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception as exc:
         raise ValueError(f"could not read checkpoint {path}: {str(exc).splitlines()[0]}") from None
-    refused = [n for n in names if n.rsplit(".", 1)[0] in _REFUSED_MODULES or n.split(".")[0] in _REFUSED_MODULES]
+    refused = [n for n in names if _refused(n)]
     if refused:
         raise ValueError(f"refusing to read {path}: it would call {refused[0]} when unpickled (a program, not a "
                          f"checkpoint)")
