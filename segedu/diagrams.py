@@ -159,10 +159,11 @@ def _text(ax, x, y, s, fs=FS, ha="center", va="center", color=INK, **kw):
 
 def _box(ax, cx, cy, w, h, text="", role="conv", fs=FS, ls="-", bold=False, alpha=1.0) -> _Box:
     fill, edge, _ = ROLES[role]
-    ax.add_patch(FancyBboxPatch((cx - w / 2, cy - h / 2), w, h, boxstyle="round,pad=0,rounding_size=0.06",
-                                facecolor=fill, edgecolor=edge, linewidth=1.2, linestyle=ls, alpha=alpha))
+    patch = ax.add_patch(FancyBboxPatch((cx - w / 2, cy - h / 2), w, h, boxstyle="round,pad=0,rounding_size=0.06",
+                                        facecolor=fill, edgecolor=edge, linewidth=1.2, linestyle=ls, alpha=alpha))
     if text:
-        _text(ax, cx, cy, text, fs=fs, fontweight="bold" if bold else "normal")
+        t = _text(ax, cx, cy, text, fs=fs, fontweight="bold" if bold else "normal")
+        t.diagram_box = patch  # tests check that the text fits inside its box
     return _Box(cx - w / 2, cy - h / 2, w, h)
 
 
@@ -288,9 +289,9 @@ def setr_architecture() -> Figure:
     """SETR: image -> 16x16 patches -> linear projection + positions -> 24 ViT-L layers -> decoder."""
     f = _setr_facts()
     g, d, p = f["grid"], f["dim"], f["patch"]
-    fig, ax = _canvas(10.5, 5.4, f"SETR: a pure transformer encoder (ViT-L/{p}) and a decoder, at {SIZE}×{SIZE}")
+    fig, ax = _canvas(10.5, 5.6, f"SETR: a pure transformer encoder (ViT-L/{p}) and a decoder, at {SIZE}×{SIZE}")
     # Row 1: the image becomes a token sequence.
-    y1 = 3.85
+    y1 = 3.95
     img = _box(ax, 0.95, y1, 1.3, 1.3, role="data")
     for i in range(1, 8):  # a few patch borders
         t = img.x + i * img.w / 8
@@ -311,18 +312,18 @@ def setr_architecture() -> Figure:
     _arrow(ax, (4.15, y1), emb.left)
     plus = _op(ax, 6.25, y1, "+")
     _arrow(ax, emb.right, plus.left)
-    pos = _box(ax, 6.25, 4.85, 2.1, 0.5, f"cls token + learned position\nembedding ({1 + f['tokens']}×{d})",
+    pos = _box(ax, 6.25, 4.95, 2.1, 0.5, f"cls token + learned position\nembedding ({1 + f['tokens']}×{d})",
                "embed", fs=FS - 0.5)
     _arrow(ax, pos.bottom, plus.top)
     seq = _slab(ax, 6.95, y1 - 0.35, 0.9, 0.7, 0.25, text=f"tokens\n{1 + f['tokens']}×{d}\n(cls + {g}·{g})")
     _arrow(ax, plus.right, (seq.x, y1))
     # wrap to row 2, into the first LayerNorm
     xin, r1, r2 = 0.8, 1.85, 1.05
-    _path(ax, [(seq.x + seq.w + 0.05, y1), (9.6, y1), (9.6, 2.85), (xin, 2.85), (xin, r1 + 0.21)])
+    _path(ax, [(seq.x + seq.w + 0.05, y1), (9.6, y1), (9.6, 2.82), (xin, 2.82), (xin, r1 + 0.21)])
     # Row 2: the transformer and the decoder.
     _frame(ax, 0.25, 0.45, 3.95, 2.2, f"transformer layer × {f['depth']} (pre-norm)", color=ROLES["attn"][1])
-    _text(ax, 4.1, 2.59, "MLA taps " + ", ".join(f"Z{_sup(i)}" for i in f["mla_layers"]), fs=8, ha="right",
-          va="top", color=GREY)
+    _text(ax, 4.35, 2.45, "(MLA also reads " + ", ".join(f"Z{_sup(i)}" for i in f["mla_layers"][:-1]) + ")",
+          fs=8, ha="left", va="top", color=GREY)
     for yy, name, role in ((r1, f"multi-head self-attention\n{f['heads']} heads × {d // f['heads']}", "attn"),
                            (r2, f"MLP {d}→{f['hidden']}→{d}\nGELU", "mlp")):
         ln = _box(ax, xin, yy, 0.5, 0.42, "LN", "norm")
@@ -406,11 +407,13 @@ def setr_decoders() -> Figure:
     layers = f["mla_layers"]
     xs = [x0 + 0.7 + i * 1.4 for i in range(len(layers))]
     mc, mh = f["mla_channels"], f["mla_head"]
-    _frame(ax, x0 - 0.02, 3.55, 5.6, 2.75, f"neck → {len(layers)} streams of {_shape(g, g, mc)}", color=GREY)
+    _frame(ax, x0 - 0.02, 3.55, 5.6, 2.75, "neck", color=GREY)
+    for yy, shp in ((5.28, _shape(g, g, mc)), (3.45, _shape(g, g, mc)), (2.75, _shape(g, g, mh))):
+        _text(ax, x0 - 0.08, yy, shp, fs=8, ha="right", color=GREY)
     ysum = 5.05
     for i, (x, layer) in enumerate(zip(xs, layers)):
         inp = _box(ax, x, top, 1.3, 0.46, f"Z{_sup(layer)}\n{_shape(g, g, d)}", "data", fs=8)
-        proj = _box(ax, x, 5.72, 1.3, 0.5, f"LN, 1×1 conv {d}→{mc}\nBN, ReLU", "conv", fs=8)
+        proj = _box(ax, x, 5.75, 1.3, 0.6, f"LN, 1×1 conv\n{d}→{mc}\nBN, ReLU", "conv", fs=8)
         _arrow(ax, inp.bottom, proj.top)
         if i < len(layers) - 1:
             sm = _op(ax, x, ysum, "+")
@@ -424,12 +427,12 @@ def setr_decoders() -> Figure:
         (f"3×3 conv {mc}→{mc}\nBN, ReLU", "conv", 4.1),
         (f"3×3 conv {mc}→{mh}\nBN, ReLU", "conv", 3.1),
         (f"3×3 conv {mh}→{mh}\nBN, ReLU", "conv", 2.4),
-        (f"bilinear ×4 → {4 * g}×{4 * g}", "resample", 1.78),
+        (f"bilinear ×4\n→ {_shape(4 * g, 4 * g, mh)}", "resample", 1.76),
     ]
     for i, x in enumerate(xs):
         prev = (x, ysum - (0.13 if i < len(layers) - 1 else 0))
         for text, role, yy in stream_steps:
-            b = _box(ax, x, yy, 1.3, 0.5 if "\n" in text else 0.32, text, role, fs=8)
+            b = _box(ax, x, yy, 1.3, 0.5 if role == "conv" else 0.44, text, role, fs=8)
             _arrow(ax, prev, b.top)
             prev = b.bottom
         _arrow(ax, prev, (x, 1.38))
@@ -484,7 +487,8 @@ def _stages(ax, stage_boxes, features, label):
     return frames, slabs
 
 
-def _mlp_decoder_rows(ax, frames, slabs, linear_text, strides, E, fuse_text, cls_text, out_text, name):
+def _mlp_decoder_rows(ax, frames, slabs, linear_text, strides, E, fuse_text, cls_text, out_text, name,
+                      cat_text, note):
     """The all-MLP decoder under four stage columns: per-stage layer, upsample to H/4, concat, fuse, classify."""
     for i, fr in enumerate(frames):
         m = _box(ax, fr.cx, 2.25, _STAGE_W - 0.3, 0.44, linear_text[i], "mlp", fs=8)
@@ -495,7 +499,7 @@ def _mlp_decoder_rows(ax, frames, slabs, linear_text, strides, E, fuse_text, cls
         _arrow(ax, u.bottom, (fr.cx, 1.24))
     x_left, x_right = frames[0].x + 0.15, frames[-1].x + _STAGE_W - 0.15
     cat = _box(ax, (x_left + x_right) / 2, 1.07, x_right - x_left, 0.34,
-               f"concatenate the four maps → {_shape(SIZE // 4, SIZE // 4, 4 * E)} (H/4 × W/4 × 4C)",
+               f"concatenate the four maps → {_shape(SIZE // 4, SIZE // 4, 4 * E)} {cat_text}",
                "resample", fs=8)
     fuse = _box(ax, 3.3, 0.48, 2.5, 0.42, fuse_text, "mlp", fs=8)
     _arrow(ax, (fuse.cx, cat.y), fuse.top)
@@ -504,6 +508,7 @@ def _mlp_decoder_rows(ax, frames, slabs, linear_text, strides, E, fuse_text, cls
     _text(ax, 7.45, 0.48, out_text, fs=8, ha="left")
     _arrow(ax, cls.right, (7.4, 0.48))
     _text(ax, 0.15, 1.85, name, fs=10, ha="left", fontweight="bold", color=ROLES["mlp"][1])
+    _text(ax, 10.9, 0.48, note, fs=8, ha="right", color=GREY)
 
 
 def ssformer_architecture() -> Figure:
@@ -530,9 +535,7 @@ def ssformer_architecture() -> Figure:
     _mlp_decoder_rows(ax, frames, slabs, [f"1×1 conv {dim}→{E}, BN, ReLU\n(the “MLP”)" for dim in f["dims"]],
                       f["strides"], E, f"fuse: 1×1 conv {4 * E}→{E}, BN, ReLU", f"dropout, 1×1 conv {E}→{K}",
                       f"logits {_shape(SIZE // 4, SIZE // 4, K)} (H/4),\nbilinear → {_shape(SIZE, SIZE, K)}",
-                      "all-MLP\ndecoder")
-    _text(ax, 10.85, 6.75, "C/2C/4C/8C = " + "/".join(map(str, f["dims"])) + f"; strides 4/8/16/32",
-          fs=8, ha="right", color=GREY)
+                      "all-MLP\ndecoder", f"(4·{E})", "C/2C/4C/8C =\n" + "/".join(map(str, f["dims"])))
     _legend(ax, ["data", "embed", "attn", "norm", "resample", "mlp", "head"], 0.3, 0.1)
     return fig
 
@@ -610,11 +613,11 @@ def swin_shift() -> Figure:
     """The cyclic shift of Swin's SW-MSA on an 8x8 token map, window 4, shift 2, and the mask of one window."""
     data = swin_shift_data()
     n, ws, s = data["size"], data["window"], data["shift"]
-    W, H = 12.0, 5.7
+    W, H = 12.0, 5.05
     fig, ax = _canvas(W, H, f"Swin's shifted windows by cyclic shift: {n}×{n} tokens, window {ws}, shift {s}")
     red, blue = "#c0392b", "#1f5b99"
-    cell, ya = 0.36, 1.45
-    xa, xb = 0.45, 4.6
+    cell, ya = 0.34, 1.45
+    xa, xb = 0.45, 4.3
     side = n * cell
     _grid(ax, xa, ya, cell, data["labels_original"], data["ids"], ws, offset=s,
           title=f"(a) original map, windows shifted by {s}")
@@ -642,7 +645,7 @@ def swin_shift() -> Figure:
     # legend of the regions
     _text(ax, 0.45, 0.55, "regions:", fs=8.5, ha="left")
     for r in range(9):
-        x = 1.15 + r * 0.42
+        x = 1.15 + r * 0.36
         ax.add_patch(Rectangle((x, 0.43), 0.26, 0.24, facecolor=_REGION_COLOURS[r], edgecolor=GREY, lw=0.6))
         _text(ax, x + 0.13, 0.55, str(r), fs=8)
     _text(ax, 0.45, 0.2, "Cell text: token id. Colour: region of the rolled map (0–8, as in "
@@ -655,7 +658,7 @@ def swin_shift() -> Figure:
     regs = [int(data["labels"].flatten()[p]) for p in members]
     toks = [str(int(data["rolled_ids"].flatten()[p])) for p in members]
     N = ws * ws
-    mx, my, mc = 8.95, 1.45, 0.175
+    mx, my, mc = 9.1, 1.45, 0.17
     axm = fig.add_axes((mx / W, my / H, N * mc / W, N * mc / H))
     axm.set_label("mask")
     axm.imshow((mask != 0).float().numpy(), cmap=ListedColormap(["#f7f7f7", "#3b3b3b"]), vmin=0, vmax=1,
@@ -702,9 +705,9 @@ def segformer_architecture() -> Figure:
     _mlp_decoder_rows(ax, frames, slabs, [f"MLP: Linear C{_sub(i + 1)}→C\n{dim} → {E}"
                                           for i, dim in enumerate(f["dims"])],
                       (4, 8, 16, 32), E, f"MLP (fuse) 4C→C: 1×1 conv, BN, ReLU", f"MLP C→N_cls: {E} → {K}",
-                      f"H/4×W/4×N_cls\n{_shape(SIZE // 4, SIZE // 4, K)}", "all-MLP\ndecoder")
-    _text(ax, 10.85, 6.75, f"B1–B5: C{_sub(1)}..C{_sub(4)} = {', '.join(map(str, big['dims']))}; "
-                           f"C = {E} (B0, B1), {big['E']} (B2–B5)", fs=8, ha="right", color=GREY)
+                      f"H/4×W/4×N_cls\n{_shape(SIZE // 4, SIZE // 4, K)}", "all-MLP\ndecoder", "(H/4 × W/4 × 4C)",
+                      f"B1–B5: C{_sub(1)}..C{_sub(4)} = {', '.join(map(str, big['dims']))}\n"
+                      f"C = {E} (B0, B1), {big['E']} (B2–B5)")
     _legend(ax, ["data", "embed", "attn", "norm", "resample", "mlp", "head"], 0.3, 0.1)
     return fig
 
@@ -738,26 +741,26 @@ def mit_stage() -> Figure:
     _text(ax, bx1 - 0.1, 2.95, "Mix-FFN", fs=9, ha="right", va="top", color=ROLES["mlp"][1], fontweight="bold")
     xr = bx0 + 0.35  # the residual stream runs down this line
     ya = 4.3
-    _path(ax, [tok.right, (xr, tok.cy), (xr, ya), (xr + 0.3, ya)])
+    _path(ax, [tok.right, (bx0 + 0.15, tok.cy), (bx0 + 0.15, ya), (xr + 0.3, ya)])
     ln1 = _box(ax, xr + 0.6, ya, 0.55, 0.38, "LN", "norm", fs=8)
     xb = ln1.x + ln1.w + 0.3  # branch point after the LN
-    q = _box(ax, 5.0, ya, 1.3, 0.5, "Q = Linear(x)\nN×C", "mlp", fs=8)
+    q = _box(ax, 5.3, ya, 1.3, 0.5, "Q = Linear(x)\nN×C", "mlp", fs=8)
     _arrow(ax, ln1.right, q.left)
     ax.add_patch(Circle((xb, ya), 0.035, color=INK))
-    red = _box(ax, 5.35, 5.2, 2.2, 0.62, "reshape H×W×C, conv sr×sr,\nstride sr, flatten, LN\n"
+    red = _box(ax, 5.75, 5.2, 2.1, 0.62, "reshape H×W×C, conv sr×sr,\nstride sr, flatten, LN\n"
                                         "N → N/sr² tokens", "conv", fs=8)
     _path(ax, [(xb, ya), (xb, red.cy), red.left])
-    kv = _box(ax, 7.35, 5.2, 1.5, 0.5, "K, V = Linear\n(N/sr²)×C each", "mlp", fs=8)
+    kv = _box(ax, 7.75, 5.2, 1.45, 0.5, "K, V = Linear\n(N/sr²)×C each", "mlp", fs=8)
     _arrow(ax, red.right, kv.left)
-    att = _box(ax, 7.35, ya, 1.85, 0.62, "softmax(QKᵀ/√d)·V\nN × N/sr² weights\nper head", "attn", fs=8)
+    att = _box(ax, 7.75, ya, 1.7, 0.62, "softmax(QKᵀ/√d)·V\nN × N/sr² weights\nper head", "attn", fs=8)
     _arrow(ax, q.right, att.left)
     _arrow(ax, kv.bottom, att.top)
-    proj = _box(ax, 9.05, ya, 0.95, 0.5, "Linear\nN×C", "mlp", fs=8)
+    proj = _box(ax, 9.25, ya, 0.9, 0.5, "Linear\nN×C", "mlp", fs=8)
     _arrow(ax, att.right, proj.left)
-    s1 = _op(ax, 10.05, ya, "+")
+    s1 = _op(ax, 10.1, ya, "+")
     _arrow(ax, proj.right, s1.left)
     ax.add_patch(Circle((xr, ya), 0.035, color=GREY))
-    _path(ax, [(xr, ya), (xr, 3.6), (10.05, 3.6), (10.05, ya - 0.13)], color=GREY, lw=1.0)
+    _path(ax, [(xr, ya), (xr, 3.6), (10.1, 3.6), (10.1, ya - 0.13)], color=GREY, lw=1.0)
     # Mix-FFN row
     yf = 2.1
     _path(ax, [s1.right, (10.55, ya), (10.55, 3.2), (xr, 3.2), (xr, yf), (xr + 0.3, yf)])
@@ -771,7 +774,7 @@ def mit_stage() -> Figure:
     fc2 = _box(ax, 9.05, yf, 1.3, 0.5, "Linear 4C→C\nN×C", "mlp", fs=8)
     _arrow(ax, ge.right, fc2.left)
     s2 = _op(ax, 10.05, yf, "+")
-    _arrow(ax, fc2.right, s2.left) if False else _arrow(ax, (fc2.x + fc2.w, yf), s2.left)
+    _arrow(ax, fc2.right, s2.left)
     ax.add_patch(Circle((xr, yf), 0.035, color=GREY))
     _path(ax, [(xr, yf), (xr, 1.4), (10.05, 1.4), (10.05, yf - 0.13)], color=GREY, lw=1.0)
     _text(ax, xr + 0.2, 1.47, "the 3×3 conv's zero padding leaks position: no positional embedding is needed",
@@ -856,12 +859,11 @@ def segnext_architecture() -> Figure:
     x_left, x_right = frames[1].x + 0.15, frames[3].x + _STAGE_W - 0.15
     cat = _box(ax, (x_left + x_right) / 2, 1.38, x_right - x_left, 0.34,
                f"concatenate stages 2–4 → {_shape(SIZE // 8, SIZE // 8, tot)}", "resample", fs=8)
-    ham = _box(ax, 4.6, 0.62, 4.3, 0.56, f"LightHam head: squeeze {tot}→{f['ham']}, Hamburger (NMF, rank "
+    ham = _box(ax, 6.0, 0.6, 4.3, 0.56, f"LightHam head: squeeze {tot}→{f['ham']}, Hamburger (NMF, rank "
                                         f"{f['rank']}),\nalign {f['ham']}→{f['channels']}, 1×1 conv → {K} "
                                         "(details: hamburger())", "ham", fs=8)
-    _path(ax, [(cat.x + 0.5, cat.y), (cat.x + 0.5, 1.05), (ham.x + ham.w - 0.5, 1.05), (ham.x + ham.w - 0.5,
-                                                                                         ham.y + ham.h)])
-    out = _box(ax, 8.75, 0.62, 2.0, 0.5, f"logits H/8×W/8×K\n{_shape(SIZE // 8, SIZE // 8, K)}", "head", fs=8)
+    _arrow(ax, (ham.cx, cat.y), ham.top)
+    out = _box(ax, 9.55, 0.6, 2.0, 0.5, f"logits H/8×W/8×K\n{_shape(SIZE // 8, SIZE // 8, K)}", "head", fs=8)
     _arrow(ax, ham.right, out.left)
     _text(ax, 0.15, 1.2, "LightHam\ndecoder", fs=10, ha="left", fontweight="bold", color=ROLES["ham"][1])
     _legend(ax, ["data", "conv", "attn", "norm", "resample", "ham", "head"], 0.3, 0.1)
@@ -870,7 +872,7 @@ def segnext_architecture() -> Figure:
 
 def msca() -> Figure:
     """MSCA (SegNeXt Eq. 1-2, Fig. 2): 5x5 DW conv, three strip-conv branches + identity, sum, 1x1 conv, x input."""
-    fig, ax = _canvas(10.5, 5.5, "MSCA: multi-scale convolutional attention (SegNeXt Eq. 1–2, Fig. 2)")
+    fig, ax = _canvas(10.5, 5.7, "MSCA: multi-scale convolutional attention (SegNeXt Eq. 1–2, Fig. 2)")
     yc = 3.0
     inp = _box(ax, 0.8, yc, 1.1, 0.5, "F\nH×W×C", "data", fs=8.5)
     dw5 = _box(ax, 2.55, yc, 1.35, 0.55, "5×5 DW conv\n(local)", "conv", fs=8.5)
@@ -939,7 +941,7 @@ def hamburger() -> Figure:
     _text(ax, 4.25, 4.8, _shape(h8, h8, tot), fs=8, va="bottom", color=GREY)
     sq = _box(ax, 5.55, 4.55, 1.7, 0.62, f"squeeze\n1×1 conv {tot}→{D}\nGN(32), ReLU", "conv", fs=8)
     _arrow(ax, cat.right, sq.left)
-    _frame(ax, 0.35, 0.95, 9.2, 2.35, "Hamburger", color=ROLES["ham"][1])
+    _frame(ax, 0.35, 0.95, 8.95, 2.35, "Hamburger", color=ROLES["ham"][1])
     yb = 2.1
     _path(ax, [sq.bottom, (sq.cx, 3.5), (0.75, 3.5), (0.75, yb), (0.95, yb)])
     lb = _box(ax, 1.75, yb, 1.55, 0.62, "lower bread\n1×1 conv (bias)\nReLU: X ≥ 0", "conv", fs=8)
@@ -969,13 +971,13 @@ def hamburger() -> Figure:
     _arrow(ax, ub.right, s.left)
     ax.add_patch(Circle((0.75, yb), 0.035, color=GREY))
     _path(ax, [(0.75, yb), (0.75, 1.15), (8.05, 1.15), s.bottom], color=GREY, lw=1.0)
-    relu = _box(ax, 8.95, yb, 0.72, 0.38, "ReLU", "norm", fs=8)
+    relu = _box(ax, 8.8, yb, 0.7, 0.38, "ReLU", "norm", fs=8)
     _arrow(ax, s.right, relu.left)
-    al = _box(ax, 10.15, 3.0, 1.5, 0.62, f"align\n1×1 conv {D}→{f['channels']}\nGN(32), ReLU", "conv", fs=8)
+    al = _box(ax, 10.2, 3.0, 1.4, 0.62, f"align\n1×1 conv {D}→{f['channels']}\nGN(32), ReLU", "conv", fs=8)
     _path(ax, [relu.right, (al.cx, yb), al.bottom])
-    cls = _box(ax, 10.15, 4.3, 1.5, 0.55, f"dropout 0.1\n1×1 conv {f['channels']}→{K}", "head", fs=8)
+    cls = _box(ax, 10.2, 4.3, 1.4, 0.55, f"dropout 0.1\n1×1 conv {f['channels']}→{K}", "head", fs=8)
     _arrow(ax, al.top, cls.bottom)
-    _text(ax, 10.15, 4.65, f"logits H/8×W/8×K\n{_shape(h8, h8, K)}", fs=8, va="bottom")
+    _text(ax, 10.2, 4.65, f"logits H/8×W/8×K\n{_shape(h8, h8, K)}", fs=8, va="bottom")
     rows = ";  ".join(f"{v.upper()}: {variants[v]['ham']} channels, R = {variants[v]['rank']}" for v in "tsbl")
     _text(ax, 0.35, 0.62, f"D = ham channels, N = H/8·W/8, R = NMF rank.  {rows}", fs=8, ha="left", color=GREY)
     _text(ax, 0.35, 0.3, "The bases B are drawn afresh at every forward pass; gradients flow through every "
