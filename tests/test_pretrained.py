@@ -182,3 +182,54 @@ def test_every_ade20k_recipe_names_its_encoder_and_the_synthetic_one_none(tmp_pa
     assert pretrained_choice(RECIPES["setr-pup-ade20k"], "x.pth", "torchvision") == ("x.pth", "torchvision")
     with pytest.raises(ValueError, match="give --pretrained-source"):
         pretrained_choice(RECIPES["synthetic"], "x.pth")
+
+
+class ReleaseMeta:
+    """Stands for a class a release pickles in its metadata (as mmengine's MessageHub)."""
+
+    def __init__(self):
+        self.config, self.seed = "model = dict(...)", 0
+
+
+class Touch:
+    """A pickle whose loading would create ``path`` through ``call`` (os.system, open, or Path.touch)."""
+
+    def __init__(self, call, path):
+        self.call, self.path = call, path
+
+    def __reduce__(self):
+        import os
+        from pathlib import Path
+        if self.call == "system":
+            return os.system, (f"touch {self.path}",)
+        if self.call == "open":
+            return open, (str(self.path), "w")
+        return Path.touch, (Path(self.path),)
+
+
+def test_release_files_are_read_without_running_their_code(tmp_path):
+    from segedu.weights import load_pickled
+    weights = {"backbone.w": torch.arange(3.0)}
+    path = tmp_path / "release.pth"
+    torch.save({"meta": {"hub": ReleaseMeta()}, "state_dict": weights}, path)
+    assert read_state_dict(path).keys() == weights.keys() and torch.equal(read_state_dict(path)["backbone.w"],
+                                                                         weights["backbone.w"])
+    assert type(load_pickled(path)["meta"]["hub"]).__name__ == "ReleaseMeta"  # an inert stand-in, not the class
+    assert not isinstance(load_pickled(path)["meta"]["hub"], ReleaseMeta)
+    for call, refused in (("system", r"(posix|os)\.system"), ("open", r"(builtins|io)\.open"), ("touch", None)):
+        marker = tmp_path / f"made-by-{call}"
+        evil = tmp_path / f"{call}.pth"
+        torch.save({"meta": Touch(call, marker), "state_dict": weights}, evil)
+        assert not marker.exists()
+        if refused:
+            with pytest.raises(ValueError, match=rf"^refusing to read {re.escape(str(evil))}: it would call {refused} "
+                                                 r"when unpickled \(a program, not a checkpoint\)$"):
+                read_state_dict(evil)
+        else:  # getattr(Path, "touch") is a stand-in, and torch's unpickler will not call what it returns
+            with pytest.raises(ValueError, match=rf"^could not read checkpoint {re.escape(str(evil))}: Trying to "
+                                                 r"call reduce for unrecognized function [^\n]*$"):
+                read_state_dict(evil)
+        assert not marker.exists(), f"{call}: loading ran code from the file"
+    (tmp_path / "cut.pth").write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"^could not read checkpoint .*cut\.pth: [^\n]*$"):
+        read_state_dict(tmp_path / "cut.pth")

@@ -160,7 +160,7 @@ _REFUSED_BUILTINS = {"eval", "exec", "open", "compile", "__import__", "breakpoin
 def _refused(name: str) -> bool:
     module, _, attr = name.rpartition(".")
     return (module in _REFUSED_MODULES or module.split(".")[0] in _REFUSED_MODULES
-            or (module in ("builtins", "__builtin__") and attr in _REFUSED_BUILTINS))
+            or (module in ("builtins", "__builtin__", "io", "_io") and attr in _REFUSED_BUILTINS))  # open is io.open
 
 
 class _Inert:
@@ -199,8 +199,18 @@ def load_pickled(path: str | Path):
     try:
         with torch.serialization.safe_globals(stand_ins):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"could not read checkpoint {path}: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # e.g. a stand-in's result called in turn: torch's unpickler refuses that too
+        raise ValueError(f"could not read checkpoint {path}: {_reason(exc)}") from None
+
+
+def _reason(exc: Exception) -> str:
+    """The line of a weights-only load error that says what was refused (torch's first line is generic)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error" in line:
+            rest = line.split("WeightsUnpickler error:", 1)[-1].strip()
+            return rest or (lines[i + 1] if i + 1 < len(lines) else line)
+    return lines[0] if lines else type(exc).__name__
 
 
 def locate(path_or_hub_id: str | Path, **hub_kwargs) -> Path:
