@@ -109,3 +109,21 @@ def build_scheduler(optimizer: torch.optim.Optimizer, total: int, warmup_iters: 
         ratio = min_lr / base_lr if base_lr else 0.0
         return lambda step: poly_warmup_factor(step, total, warmup_iters, warmup_ratio, power, ratio)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor(g["lr"]) for g in optimizer.param_groups])
+
+
+def describe_groups(model: nn.Module, lr: float, weight_decay: float, head_lr_mult: float = 1.0,
+                    no_decay_keywords: tuple[str, ...] = ("norm",)) -> list[dict]:
+    """One row per group of :func:`param_groups`: the rule (custom key) that put parameters there, how many
+    tensors and scalars it holds, its lr and weight decay (the table docs/training.md prints per recipe)."""
+    keys = custom_keys(head_lr_mult, no_decay_keywords)
+    rows = []
+    for g in param_groups(model, lr, weight_decay, head_lr_mult, no_decay_keywords):
+        key = g["name"]
+        if key == "default":
+            rule = "no custom key matches"
+        else:
+            lr_mult, decay_mult = keys[key]
+            rule = f"'{key}' in the name: " + ("lr_mult " + f"{lr_mult:g}" if lr_mult != 1 else f"decay_mult {decay_mult:g}")
+        rows.append({"group": key, "tensors": len(g["params"]), "params": sum(p.numel() for p in g["params"]),
+                     "lr": g["lr"], "weight_decay": g["weight_decay"], "rule": rule})
+    return rows

@@ -212,3 +212,20 @@ def get_recipe(name: str) -> Recipe:
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; known recipes: {', '.join(sorted(RECIPES))}")
     return RECIPES[name]
+
+
+def parameter_groups(recipe: Recipe) -> list[dict]:
+    """The optimiser groups ``segedu train`` builds for ``recipe`` (segedu.optim.describe_groups; the model is
+    built on the meta device, so this costs no memory even for ViT-L)."""
+    import torch
+
+    from .optim import describe_groups
+    with torch.device("meta"):
+        model = recipe.build_model()
+    return describe_groups(model, recipe.lr, recipe.weight_decay, recipe.head_lr_mult, recipe.no_decay_keywords)
+
+
+def group_table_rows(recipe: Recipe) -> list[str]:
+    """:func:`parameter_groups` as markdown table rows (docs/training.md holds them; a test compares)."""
+    return [f"| `{g['group']}` | {g['tensors']} | {g['params']:,} | {g['lr']:.3g} | {g['weight_decay']:g} | {g['rule']} |"
+            for g in parameter_groups(recipe)]
