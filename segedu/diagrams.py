@@ -20,13 +20,17 @@ In a notebook, make the call the last expression of a cell::
     from segedu import diagrams
     diagrams.swin_shift()
 
-The figures are built as ``matplotlib.figure.Figure`` objects, not with pyplot: nothing touches
-pyplot's global state (no open figures to close, no backend switched), so a script or a test can
-draw them all. IPython shows a bare ``Figure`` through the PNG formatter that the inline backend
-registers for the ``Figure`` type; in a Jupyter kernel that is on as soon as ``matplotlib.pyplot``
-has been imported (``%matplotlib inline`` or any ``import matplotlib.pyplot``: every course
-notebook has one). Without that, use ``IPython.display.display(fig)`` or ``fig.savefig``. Figures
-have ``dpi = 110``, so a notebook shows them at the same size as the PNGs in ``docs/figures``.
+Display. The figures are ``matplotlib.figure.Figure`` objects (the subclass :class:`DiagramFigure`), built
+without pyplot: nothing touches pyplot's global state (no open figures to close, no backend switched), so
+a script or a test can draw them all, and a notebook never shows one twice. A *bare* ``Figure`` returned
+by a cell shows only its text repr in Jupyter unless the inline backend has already registered its
+``Figure`` printer -- checked with nbclient and ipykernel 7 / matplotlib-inline 0.2: importing
+``matplotlib.pyplot`` is not enough, a pyplot figure must have been drawn in that kernel before. So
+``DiagramFigure`` adds ``_repr_png_`` (a 110 dpi PNG, see :func:`png_bytes`): the diagram shows in any
+kernel; where the inline printer is active it takes precedence and shows the same picture. Either way
+the PNG has 256 colours (the figure's canvas quantizes every PNG it writes), about 30-45 KB, which keeps
+the notebooks small. The text repr stays ``<Figure size WxH with 1 Axes>``. Figures have ``dpi = 110``, so a
+notebook shows them at the size of the PNGs in ``docs/figures``. Outside IPython use ``fig.savefig``.
 
 Numbers and shapes come from the registered configurations (``segedu.registry.get_spec``) and from
 segedu's own functions (the shifted-window mask is :func:`segedu.models.ssformer.shift_window_mask`),
@@ -46,6 +50,7 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 from PIL import Image
+from matplotlib.backend_bases import FigureCanvasBase
 from matplotlib.colors import ListedColormap
 from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch, Polygon, Rectangle
 
@@ -112,26 +117,58 @@ class _Box:
         return (self.cx, self.y)
 
 
-def png_bytes(fig: Figure, dpi: int = DPI) -> bytes:
-    """The figure as a PNG at ``dpi``, reduced to 256 colours (flat diagrams lose nothing visible; the file
-    shrinks about three times, which keeps notebooks small). Deterministic for a given matplotlib/Pillow."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
-    image = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+def _quantize_png(data: bytes, dpi: float) -> bytes:
+    """A PNG reduced to 256 colours: flat diagrams lose nothing visible and shrink about three times."""
+    image = Image.open(io.BytesIO(data)).convert("RGB")
     image = image.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
     out = io.BytesIO()
-    image.save(out, format="png", optimize=True, dpi=(dpi, dpi))
+    image.save(out, format="png", optimize=True, dpi=(dpi, dpi))  # no text chunks: deterministic bytes
     return out.getvalue()
 
 
+class _DiagramCanvas(FigureCanvasBase):
+    """Writes every PNG of a diagram in 256 colours: ``savefig``, and IPython's inline printer, which calls
+    ``fig.canvas.print_figure`` (so a notebook stores the small PNG too). Other formats are unchanged."""
+
+    def print_figure(self, filename, *args, **kwargs):
+        fmt = kwargs.get("format")
+        if fmt is None and isinstance(filename, (str, Path)):
+            fmt = Path(filename).suffix.lstrip(".") or None
+        if (fmt or "png").lower() != "png":
+            return super().print_figure(filename, *args, **kwargs)
+        dpi = kwargs.get("dpi")
+        dpi = self.figure.dpi if dpi in (None, "figure") else dpi
+        buf = io.BytesIO()
+        result = super().print_figure(buf, *args, **{**kwargs, "format": "png"})
+        data = _quantize_png(buf.getvalue(), dpi)
+        if hasattr(filename, "write"):
+            filename.write(data)
+        else:
+            Path(filename).write_bytes(data)
+        return result
+
+
+def png_bytes(fig: Figure, dpi: int = DPI) -> bytes:
+    """The figure as a 256-colour PNG at ``dpi`` (what ``save_all`` writes and a notebook shows)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    data = buf.getvalue()
+    return data if isinstance(fig.canvas, _DiagramCanvas) else _quantize_png(data, dpi)
+
+
 class DiagramFigure(Figure):
-    """A plain ``Figure`` that IPython can show by itself.
+    """A plain ``Figure`` that IPython can show by itself, in 256 colours.
 
     A bare ``matplotlib.figure.Figure`` as the last expression of a cell shows only its text repr unless the
     inline backend has registered its ``Figure`` printer (tested: importing pyplot is not enough). This
     subclass adds ``_repr_png_``, so the diagram shows in any kernel; where the inline printer is active it
-    takes precedence and shows the same picture. The text repr is the usual ``<Figure size ... Axes>``.
+    takes precedence and prints through the figure's canvas, which quantizes PNGs as well. The text repr is
+    the usual ``<Figure size ... Axes>``.
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _DiagramCanvas(self)
 
     def _repr_png_(self) -> bytes:
         return png_bytes(self)

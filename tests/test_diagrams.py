@@ -81,6 +81,10 @@ def test_png_bytes_and_inline_display(drawn):
     assert image.size == d.size_px  # 110 dpi: a 10.5 in wide figure is 1155 px wide
     assert round(image.info["dpi"][0]) == DPI
     assert d.fig._repr_png_() == data  # deterministic
+    # what a notebook stores when the inline backend prints the figure: the same 256-colour PNG
+    from IPython.core.pylabtools import print_figure
+    inline = Image.open(io.BytesIO(print_figure(diagrams.msca(), "png")))
+    assert inline.mode == "P" and abs(inline.width - d.size_px[0]) < 0.1 * d.size_px[0]  # tight bbox: close
     assert repr(d.fig).startswith("<Figure size ") and repr(d.fig).endswith(" Axes>")  # nbval's sanitizer form
 
 
