@@ -872,7 +872,7 @@ def segnext_architecture() -> Figure:
                                  f"K = {K})")
     stage_boxes = []
     for i in range(4):
-        first = (f"stem: 2 × (3×3 conv, stride 2)\n3→{f['dims'][0] // 2}→{f['dims'][0]}, BN", "conv", 0.5) \
+        first = (f"stem: 3×3 conv s2, BN, GELU,\n3×3 conv s2, BN ({3}→{f['dims'][0] // 2}→{f['dims'][0]})", "conv", 0.5) \
             if i == 0 else (f"3×3 conv, stride 2\n{f['dims'][i - 1]}→{f['dims'][i]}, BN", "conv", 0.5)
         stage_boxes.append([
             first,
@@ -940,15 +940,18 @@ def msca() -> Figure:
           va="bottom", color=GREY)
     out = _box(ax, 9.35, 2.05, 0.95, 0.48, "Out\nH×W×C", "data", fs=8.5)
     _arrow(ax, mul.bottom, out.top)
-    kx, ky, c = 0.45, 1.45, 0.05  # a strip pair's footprint
+    # a strip pair composes into a full k x k kernel (of rank 1): drawn for k = 7
+    c, ky, green = 0.07, 1.62, ROLES["conv"][1]
     for j in range(7):
-        ax.add_patch(Rectangle((kx + j * c, ky + 3 * c), c, c, facecolor=ROLES["conv"][1], edgecolor="white",
-                               lw=0.3))
-        ax.add_patch(Rectangle((kx + 3 * c, ky + j * c), c, c, facecolor=ROLES["conv"][1], edgecolor="white",
-                               lw=0.3))
-    ax.add_patch(Rectangle((kx, ky), 7 * c, 7 * c, facecolor="none", edgecolor=GREY, lw=0.8, ls=":"))
-    _text(ax, kx + 7 * c + 0.1, ky + 3.5 * c, "1×7 then 7×1: a 7×7 view\nfrom 14 weights per channel", fs=8,
-          ha="left")
+        ax.add_patch(Rectangle((0.4 + j * c, ky + 3 * c), c, c, facecolor=green, edgecolor="white", lw=0.4))
+        ax.add_patch(Rectangle((1.45, ky + j * c), c, c, facecolor=green, edgecolor="white", lw=0.4))
+        for i in range(7):
+            ax.add_patch(Rectangle((2.05 + j * c, ky + i * c), c, c, facecolor=green, alpha=0.55,
+                                   edgecolor="white", lw=0.4))
+    _text(ax, 1.15, ky + 3.5 * c, "then", fs=8)
+    _text(ax, 1.78, ky + 3.5 * c, "=", fs=11)
+    _text(ax, 0.3, ky - 0.1, "1×7 then 7×1: a 7×7 kernel (rank 1)\nfrom 14 weights per channel, not 49", fs=8,
+          ha="left", va="top")
     _text(ax, 0.3, 0.9, "Att = Conv₁ₓ₁( Σᵢ₌₀³ Scaleᵢ( DW-Conv₅ₓ₅(F) ) ),   Out = Att ⊗ F     "
                         "(Scale₀: identity; Scale₁,₂,₃: 1×k then k×1 depth-wise, k = 7, 11, 21)", fs=9, ha="left")
     _text(ax, 0.3, 0.55, "A strip pair sees a k×k window with 2k weights per channel instead of k². In an MSCAN "
@@ -983,11 +986,11 @@ def hamburger() -> Figure:
     _path(ax, [sq.bottom, (sq.cx, 3.5), (0.75, 3.5), (0.75, yb), (0.95, yb)])
     lb = _box(ax, 1.75, yb, 1.55, 0.62, "lower bread\n1×1 conv (bias)\nReLU: X ≥ 0", "conv", fs=8)
     _arrow(ax, (0.95, yb), lb.left)
-    nmf = _box(ax, 4.45, yb, 3.3, 1.55, "", "ham")
+    nmf = _box(ax, 4.45, yb, 3.3, 1.8, "", "ham")
     _text(ax, nmf.cx, nmf.y + nmf.h - 0.12, f"ham: NMF, X ≈ B·Cᵀ (rank R = {R})", fs=8.5, va="top",
           fontweight="bold")
     # the factorisation, to scale in R
-    bx, by = nmf.x + 0.2, nmf.y + 0.55
+    bx, by = nmf.x + 0.2, nmf.y + 0.8
     ax.add_patch(Rectangle((bx, by), 0.9, 0.5, facecolor="white", edgecolor=INK, lw=0.9))
     _text(ax, bx + 0.45, by + 0.25, "X", fs=9)
     _text(ax, bx + 0.45, by - 0.1, f"{D}×{N}", fs=8)
@@ -998,9 +1001,9 @@ def hamburger() -> Figure:
     ax.add_patch(Rectangle((bx + 1.6, by + 0.34), 0.9, 0.16, facecolor=ROLES["ham"][0], edgecolor=INK, lw=0.9))
     _text(ax, bx + 2.05, by + 0.42, "Cᵀ", fs=8)
     _text(ax, bx + 2.05, by + 0.2, f"{R}×{N}", fs=8)
-    _text(ax, nmf.cx, nmf.y + 0.08, f"B random, C = softmax(XᵀB); {f['train_steps']} (train) / "
-                                    f"{f['eval_steps']} (eval)\nmultiplicative updates of C and B",
-          fs=8, va="bottom")
+    _text(ax, nmf.cx, nmf.y + 0.08, f"bases B: random; coefficients C = softmax(XᵀB)\n"
+                                    f"{f['train_steps']} (train) / {f['eval_steps']} (eval) multiplicative "
+                                    "updates of C and B,\nthen C once more", fs=8, va="bottom")
     _arrow(ax, lb.right, nmf.left)
     ub = _box(ax, 7.0, yb, 1.3, 0.62, "upper bread\n1×1 conv\nGN(32)", "conv", fs=8)
     _arrow(ax, nmf.right, ub.left)
