@@ -629,6 +629,12 @@ def _grid(ax, x0, y0, cell, labels, numbers, window, offset=0, title=None):
             lw = 2.4 if (k - offset) % window == 0 else 1.0
             ax.plot([x0 + k * cell] * 2, [y0, y0 + n * cell], color=INK, lw=lw)
             ax.plot([x0, x0 + n * cell], [y0 + (n - k) * cell] * 2, color=INK, lw=lw)
+    for region in labels.unique().tolist():  # the region number, on a badge at the region's centre
+        rows, cols = (labels == region).nonzero(as_tuple=True)
+        cx = x0 + (cols.float().mean().item() + 0.5) * cell
+        cy = y0 + (n - 0.5 - rows.float().mean().item()) * cell
+        ax.add_patch(Circle((cx, cy), 0.095, facecolor="white", edgecolor=INK, linewidth=0.9, zorder=7))
+        _text(ax, cx, cy, str(region), fs=8, fontweight="bold", zorder=8)
     if title:
         _text(ax, x0 + n * cell / 2, y0 + n * cell + 0.1, title, fs=FS, va="bottom", fontweight="bold")
 
@@ -685,7 +691,7 @@ def swin_shift() -> Figure:
         x = 1.15 + r * 0.36
         ax.add_patch(Rectangle((x, 0.43), 0.26, 0.24, facecolor=_REGION_COLOURS[r], edgecolor=GREY, lw=0.6))
         _text(ax, x + 0.13, 0.55, str(r), fs=8)
-    _text(ax, 0.45, 0.2, "Cell text: token id. Colour: region of the rolled map (0–8, as in "
+    _text(ax, 0.45, 0.2, "Cell: token id. Colour and circled number: region of the rolled map (0–8, as in "
           "segedu.models.ssformer.shift_window_mask). A window's tokens attend to each other only "
           "within one region.", fs=8, ha="left", color=GREY)
     # (c) the mask of the last window (four regions meet there)
@@ -711,6 +717,9 @@ def swin_shift() -> Figure:
     axm.set_ylabel("query token", fontsize=8.5, labelpad=2)
     _text(ax, mx + N * mc / 2, my + N * mc + 0.1, f"(c) mask of window {w} (bottom right)\n"
           "dark: -100 (masked), light: 0", fs=FS, va="bottom", fontweight="bold")
+    meet = sorted(set(regs))
+    _text(ax, mx + N * mc / 2, 0.55, f"regions {', '.join(map(str, meet))} meet in this window:\n"
+          "only pairs within one region attend", fs=8.5, va="center")
     return fig
 
 
