@@ -477,8 +477,8 @@ def setr_decoders() -> Figure:
                f"concatenate [{', '.join(f'Z{_sup(i)}' for i in layers)}]  →  "
                f"{_shape(4 * g, 4 * g, len(layers) * mh)}", "resample", fs=8)
     k = f["mla_cls_kernel"]
-    cls = _box(ax, cat.cx - 1.3, 0.58, 2.2, 0.36, f"{k}×{k} conv {len(layers) * mh}→{K}  →  {_shape(4 * g, 4 * g, K)}",
-               "head", fs=8)
+    cls = _box(ax, cat.cx - 1.3, 0.58, 2.2, 0.36,
+               f"{k}×{k} conv {len(layers) * mh}→{K}  →  {_shape(4 * g, 4 * g, K)}", "head", fs=8)
     _arrow(ax, (cls.cx, cat.y), cls.top)
     up = _box(ax, cat.cx + 1.45, 0.58, 2.0, 0.36, f"bilinear ×4 → {_shape(SIZE, SIZE, K)}", "resample", fs=8)
     _arrow(ax, cls.right, up.left)
@@ -524,7 +524,7 @@ def _stages(ax, stage_boxes, features, label):
     return frames, slabs
 
 
-def _mlp_decoder_rows(ax, frames, slabs, linear_text, strides, E, fuse_text, cls_text, out_text, name,
+def _mlp_decoder_rows(ax, frames, linear_text, strides, E, fuse_text, cls_text, out_text, name,
                       cat_text, note):
     """The all-MLP decoder under four stage columns: per-stage layer, upsample to H/4, concat, fuse, classify."""
     for i, fr in enumerate(frames):
@@ -568,8 +568,8 @@ def ssformer_architecture() -> Figure:
         ])
     feats = [f"H/{s}×W/{s}×{n}\n{_shape(SIZE // s, SIZE // s, dim)}"
              for s, n, dim in zip(f["strides"], names, f["dims"])]
-    frames, slabs = _stages(ax, stage_boxes, feats, "Swin\nencoder")
-    _mlp_decoder_rows(ax, frames, slabs, [f"1×1 conv {dim}→{E}, BN, ReLU\n(the “MLP”)" for dim in f["dims"]],
+    frames, _ = _stages(ax, stage_boxes, feats, "Swin\nencoder")
+    _mlp_decoder_rows(ax, frames, [f"1×1 conv {dim}→{E}, BN, ReLU\n(the “MLP”)" for dim in f["dims"]],
                       f["strides"], E, f"fuse: 1×1 conv {4 * E}→{E}, BN, ReLU", f"dropout, 1×1 conv {E}→{K}",
                       f"logits {_shape(SIZE // 4, SIZE // 4, K)} (H/4),\nbilinear → {_shape(SIZE, SIZE, K)}",
                       "all-MLP\ndecoder", f"(4·{E})", "C/2C/4C/8C =\n" + "/".join(map(str, f["dims"])))
@@ -747,8 +747,8 @@ def segformer_architecture() -> Figure:
         ])
     feats = [f"H/{4 * 2 ** i}×W/{4 * 2 ** i}×C{_sub(i + 1)}\n"
              f"{_shape(SIZE // (4 * 2 ** i), SIZE // (4 * 2 ** i), f['dims'][i])}" for i in range(4)]
-    frames, slabs = _stages(ax, stage_boxes, feats, "MiT\nencoder")
-    _mlp_decoder_rows(ax, frames, slabs, [f"MLP: Linear C{_sub(i + 1)}→C\n{dim} → {E}"
+    frames, _ = _stages(ax, stage_boxes, feats, "MiT\nencoder")
+    _mlp_decoder_rows(ax, frames, [f"MLP: Linear C{_sub(i + 1)}→C\n{dim} → {E}"
                                           for i, dim in enumerate(f["dims"])],
                       (4, 8, 16, 32), E, f"MLP (fuse) 4C→C: 1×1 conv, BN, ReLU", f"MLP C→N_cls: {E} → {K}",
                       f"H/4×W/4×N_cls\n{_shape(SIZE // 4, SIZE // 4, K)}", "all-MLP\ndecoder", "(H/4 × W/4 × 4C)",
@@ -881,7 +881,8 @@ def segnext_architecture() -> Figure:
                                  f"K = {K})")
     stage_boxes = []
     for i in range(4):
-        first = (f"stem: 3×3 conv s2, BN, GELU,\n3×3 conv s2, BN ({3}→{f['dims'][0] // 2}→{f['dims'][0]})", "conv", 0.5) \
+        stem = f"stem: 3×3 conv s2, BN, GELU,\n3×3 conv s2, BN (3→{f['dims'][0] // 2}→{f['dims'][0]})"
+        first = (stem, "conv", 0.5) \
             if i == 0 else (f"3×3 conv, stride 2\n{f['dims'][i - 1]}→{f['dims'][i]}, BN", "conv", 0.5)
         stage_boxes.append([
             first,
@@ -891,7 +892,7 @@ def segnext_architecture() -> Figure:
         ])
     feats = [f"H/{4 * 2 ** i}×W/{4 * 2 ** i}×C{_sub(i + 1)}\n"
              f"{_shape(SIZE // (4 * 2 ** i), SIZE // (4 * 2 ** i), f['dims'][i])}" for i in range(4)]
-    frames, slabs = _stages(ax, stage_boxes, feats, "MSCAN\nencoder")
+    frames, _ = _stages(ax, stage_boxes, feats, "MSCAN\nencoder")
     _text(ax, frames[0].cx, 2.05, "stage 1 is not fed\nto the decoder: too\nlow-level, and stride 4\n"
                                   "would be costly", fs=8, color=GREY)
     for i in (1, 2, 3):
@@ -962,7 +963,8 @@ def msca() -> Figure:
     _text(ax, 0.3, ky - 0.1, "1×7 then 7×1: a 7×7 kernel (rank 1)\nfrom 14 weights per channel, not 49", fs=8,
           ha="left", va="top")
     _text(ax, 0.3, 0.9, "Att = Conv₁ₓ₁( Σᵢ₌₀³ Scaleᵢ( DW-Conv₅ₓ₅(F) ) ),   Out = Att ⊗ F     "
-                        "(Scale₀: identity; Scale₁,₂,₃: 1×k then k×1 depth-wise, k = 7, 11, 21)", fs=9, ha="left")
+                        "(Scale₀: identity; Scale₁,₂,₃: 1×k then k×1 depth-wise, k = 7, 11, 21)",
+          fs=9, ha="left")
     _text(ax, 0.3, 0.55, "A strip pair sees a k×k window with 2k weights per channel instead of k². In an MSCAN "
                          "block MSCA sits inside: 1×1 conv, GELU, MSCA, 1×1 conv, + residual.", fs=8, ha="left",
           color=GREY)
@@ -971,7 +973,7 @@ def msca() -> Figure:
 
 
 def hamburger() -> Figure:
-    """SegNeXt's LightHam head: concat stages 2-4 at H/8, squeeze, Hamburger (bread, NMF ham, bread), align, classify."""
+    """SegNeXt's LightHam head: stages 2-4 at H/8, squeeze, Hamburger (bread, NMF ham, bread), align, classify."""
     f = _segnext_facts("t")
     variants = {v: _segnext_facts(v) for v in "tsbl"}
     h8 = SIZE // 8

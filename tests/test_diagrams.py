@@ -153,8 +153,8 @@ def _meta_run(name: str, size: int = 512, hooks=(), **overrides):
 def test_setr_shapes(drawn):
     arch, dec = drawn("setr_architecture").strings, drawn("setr_decoders").strings
     # ViT keeps the H/16 grid in every layer: one layer gives the shapes of 24 (and builds much faster)
-    _, feats, out, seen = _meta_run("setr-pup", hooks=[f"decoder.convs.{i}" for i in range(4)] + ["decoder.linear_pred"],
-                                    depth=1, in_layer=1, aux_layers=())
+    hooks = [f"decoder.convs.{i}" for i in range(4)] + ["decoder.linear_pred"]
+    _, feats, out, seen = _meta_run("setr-pup", hooks=hooks, depth=1, in_layer=1, aux_layers=())
     assert _shape(feats[-1]) in arch and _shape(feats[-1]) in dec  # 32×32×1024
     assert _shape(out) in dec and "512×512×150" in arch  # PUP logits at full size
     for i in range(4):  # each 3x3 conv's output: 32, 64, 128, 256 px
