@@ -108,6 +108,22 @@ class Implementation:
     build: Callable[[], nn.Module]
     loss: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
     predict: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+    # segedu's full model: ``step(model, device, amp, compile, compile_mode) -> fn(images, labels)``, the training
+    # step segedu train runs (None: forward + ``loss`` + backward + AdamW, compiled around ``loss``)
+    step: Callable | None = None
+
+
+def segedu_train_step(model: nn.Module, device: torch.device, amp: bool, compile: bool, compile_mode: str = "default",
+                      chunk_rows: int | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The step ``segedu train`` runs: ``segedu.train.train_step`` on ``segedu.train.prepare_net`` (the forward
+    compiled, the loss eager: the same compile boundary), with the optimiser of the model's ADE20K recipe."""
+    from .distributed import Context
+    from .recipes import RECIPES
+    from .train import build_optimizer_and_schedule, prepare_net, train_step
+    recipe = RECIPES.get(f"{model.name}-ade20k", RECIPES["segformer-b0-ade20k"])
+    optimizer, _ = build_optimizer_and_schedule(model, recipe)
+    net = prepare_net(model, Context(0, 1, device), compile, compile_mode)
+    return partial(train_step, net, model, optimizer, amp=amp, loss_chunk_rows=chunk_rows)
 
 
 def _segedu_loss(model, images, labels, chunk_rows=None):
@@ -186,7 +202,8 @@ def implementations(name: str, size: int, num_classes: int = 150, hf: bool = Tru
     """
     spec = get_spec(name)
     build = partial(_build_segedu, name, num_classes, grad_checkpointing)
-    ours = Implementation("segedu", build, partial(_segedu_loss, chunk_rows=loss_chunk_rows), _segedu_predict)
+    ours = Implementation("segedu", build, partial(_segedu_loss, chunk_rows=loss_chunk_rows), _segedu_predict,
+                          partial(segedu_train_step, chunk_rows=loss_chunk_rows))
     if not hf:
         return [ours], "transformers comparison switched off"
     if spec.family == "segformer":
@@ -257,23 +274,27 @@ def model_flops(impl: Implementation, batch: int, size: int, infer_batches: tupl
     return train, inference
 
 
-def _time_training(model: nn.Module, loss_fn, images: torch.Tensor, labels: torch.Tensor, steps: int, warmup: int,
-                   autocast, device: torch.device) -> dict:
-    """Time forward + loss + backward + AdamW (fused on the GPU) and record the peak memory of the whole step."""
+def _loss_step(model: nn.Module, loss_fn, autocast, device: torch.device):
+    """Forward + loss + backward + AdamW (fused on the GPU): the step of an implementation without its own."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=6e-5, weight_decay=0.01, fused=device.type == "cuda")
 
-    def train_step():
+    def step(images, labels):
         with autocast():
             loss = loss_fn(images, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+    return step
 
+
+def _time_training(model: nn.Module, step, images: torch.Tensor, labels: torch.Tensor, steps: int, warmup: int,
+                   device: torch.device) -> dict:
+    """Time ``step(images, labels)`` and record the peak memory of the whole step."""
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     model.train()
-    result = time_steps(train_step, steps, warmup, device)
+    result = time_steps(partial(step, images, labels), steps, warmup, device)
     result["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
     model.zero_grad(set_to_none=True)
     return result
@@ -285,8 +306,9 @@ def bench_implementation(impl: Implementation, device: torch.device, batch: int,
                          compile_mode: str = "default") -> dict:
     """Training step and inference figures of one implementation (see the module docstring).
 
-    ``compile``: ``torch.compile`` the loss (forward + loss; AOTAutograd compiles the backward too) and the
-    prediction, with static shapes (one graph per batch size) and ``compile_mode`` ("reduce-overhead" adds
+    ``compile``: segedu's full model compiles what ``segedu train`` compiles (the forward; see
+    :func:`segedu_train_step`); the other implementations compile the loss (forward + loss; AOTAutograd compiles
+    the backward too). The prediction is compiled with static shapes (one graph per batch size) and ``compile_mode`` ("reduce-overhead" adds
     CUDA graphs, which matter for a launch-bound model such as B0).
     """
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -300,10 +322,12 @@ def bench_implementation(impl: Implementation, device: torch.device, batch: int,
     if compile:
         compiled = partial(torch.compile, dynamic=False, mode=compile_mode)
         loss_fn, predict_fn = compiled(loss_fn), compiled(predict_fn)
+    step = (impl.step(model, device, amp, compile, compile_mode) if impl.step is not None
+            else _loss_step(model, loss_fn, autocast, device))
 
     images = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
     labels = torch.randint(0, num_classes, (batch, size, size), device=device)
-    train = _time_training(model, loss_fn, images, labels, steps, warmup, autocast, device)
+    train = _time_training(model, step, images, labels, steps, warmup, device)
     train.update(batch=batch, images_per_s=batch / (train["ms"] * 1e-3), flops=train_flops,
                  mfu=_mfu(train_flops, train["ms"], peak))
 

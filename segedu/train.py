@@ -419,11 +419,11 @@ def build_optimizer_and_schedule(model: nn.Module, recipe: Recipe):
     return optimizer, scheduler
 
 
-def prepare_net(model: nn.Module, ctx: distributed.Context, compile: bool = False) -> nn.Module:
+def prepare_net(model: nn.Module, ctx: distributed.Context, compile: bool = False, mode: str = "default") -> nn.Module:
     """What the step calls: ``forward_train`` wrapped for DDP, compiled when asked (forward only; the loss
     runs eager). segedu.bench times this same object."""
     net = distributed.wrap_ddp(TrainForward(model), ctx)
-    return torch.compile(net) if compile else net
+    return torch.compile(net, mode=mode) if compile else net
 
 
 def train_step(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,

@@ -215,3 +215,23 @@ def test_cli_bench_with_data_puts_loading_in_the_projection(tmp_path):
     loader, projection = out["loader"], out["model"]["projection_160k"]
     assert projection["includes_data"]
     assert projection["data_ms_per_step"] == pytest.approx(1e3 / (2 * loader["samples_per_s_per_worker"]))
+
+
+def test_bench_times_the_step_segedu_train_runs(monkeypatch):
+    """The segedu side calls segedu.train.train_step on segedu.train.prepare_net (same compile boundary)."""
+    import segedu.train as train_module
+    calls = {"step": 0, "net": []}
+    real_step, real_net = train_module.train_step, train_module.prepare_net
+
+    def counted_step(*args, **kwargs):
+        calls["step"] += 1
+        return real_step(*args, **kwargs)
+
+    def recorded_net(model, ctx, compile=False, mode="default"):
+        calls["net"].append((compile, mode))
+        return real_net(model, ctx, False, mode)  # (no compilation on this machine's test budget)
+    monkeypatch.setattr(train_module, "train_step", counted_step)
+    monkeypatch.setattr(train_module, "prepare_net", recorded_net)
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
+    bench_model("segformer-b0", **{**TINY, "steps": 2, "warmup": 1}, compile=True, compile_mode="max-autotune")
+    assert calls == {"step": 3, "net": [(True, "max-autotune")]}  # warm-up + 2 timed steps, segedu side only
