@@ -656,7 +656,7 @@ def swin_shift() -> Figure:
     """The cyclic shift of Swin's SW-MSA on an 8x8 token map, window 4, shift 2, and the mask of one window."""
     data = swin_shift_data()
     n, ws, s = data["size"], data["window"], data["shift"]
-    W, H = 12.0, 5.05
+    W, H = 12.0, 5.1
     fig, ax = _canvas(W, H, f"Swin's shifted windows by cyclic shift: {n}×{n} tokens, window {ws}, shift {s}")
     red, blue = "#c0392b", "#1f5b99"
     cell, ya = 0.34, 1.45

@@ -65,6 +65,8 @@ def test_returns_a_figure_drawn_without_warnings(drawn, name):
     d = drawn(name)
     assert isinstance(d.fig, Figure)
     assert d.fig.dpi == DPI
+    w, h = d.fig.bbox.size
+    assert w == int(w) and h == int(h), f"{name}: {w}x{h} px is not whole (nbval's <Figure size WxH> pattern)"
     assert d.raw_kb < MAX_KB, f"{name}: {d.raw_kb:.0f} KB as a plain PNG at {DPI} dpi"
 
 
