@@ -313,3 +313,17 @@ def test_variants_init_and_schedule():
     assert head.squeeze.norm.num_groups == 32 and head.squeeze.conv.in_channels == 128 + 320 + 512
     nmf = head.hamburger.nmf
     assert (nmf.rank, nmf.train_steps, nmf.eval_steps, nmf.inv_t, nmf.eps) == (64, 6, 7, 1.0, 1e-6)
+
+
+def test_training_bases_are_drawn_on_the_inputs_device_without_a_graph_break(monkeypatch):
+    nmf = NMF2D(rank=8).train()
+    x = torch.rand(2, 32, 6, 7)
+    explained = torch._dynamo.explain(nmf)(x)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1
+    draws, on_meta = [], torch.rand(1, 32, 6, 7, device="meta")
+    real_rand = torch.rand
+    monkeypatch.setattr(torch, "rand", lambda *a, **kw: draws.append(str(kw.get("device"))) or real_rand(*a, **kw))
+    nmf(on_meta)
+    assert draws == ["meta"]  # drawn where the input is, not on the host and copied
+    nmf.eval()(on_meta)
+    assert draws == ["meta", "cpu"]  # evaluation: the seeded CPU generator, the same bases on every device

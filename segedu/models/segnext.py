@@ -218,8 +218,10 @@ class NMF2D(nn.Module):
     6 steps in training, 7 in evaluation, eps 1e-6. Gradients flow through all the updates (the
     official code has ``@torch.no_grad()`` commented out; so does mmseg).
 
-    Randomness. Training draws the bases from the global RNG, as the official code does
-    (``torch.rand`` on the CPU, then moved to the input's device): ``torch.manual_seed`` makes a run
+    Randomness. Training draws the bases from the global RNG, as the official code does, but on the
+    input's device: the official ``torch.rand(...)`` on the CPU followed by ``.cuda()`` would copy from the host
+    at every pass and break a ``torch.compile`` graph, so on a GPU the numbers are the CUDA generator's (a
+    deliberate difference; on the CPU they are the official ones). ``torch.manual_seed`` makes a run
     reproducible. Evaluation draws them from a private ``torch.Generator`` seeded with ``seed`` at
     every call, so ``model.eval()`` gives the same output for the same input every time and does
     not consume the global RNG. The draw is on the CPU, so CPU and GPU see the same bases; image
@@ -241,12 +243,22 @@ class NMF2D(nn.Module):
         self.eps = eps
         self.seed = seed
 
-    @torch.compiler.disable  # a fresh torch.Generator cannot be traced: run this part eagerly
     def draw_bases(self, n: int, dim: int, device: torch.device) -> torch.Tensor:
-        """``n`` random non-negative bases ``[n, dim, R]``, unit L2 norm over ``dim``."""
-        generator = None if self.training or self.seed is None else torch.Generator().manual_seed(self.seed)
-        bases = torch.rand(n, dim, self.rank, generator=generator, device="cpu")
-        return F.normalize(bases.to(device), dim=1)
+        """``n`` random non-negative bases ``[n, dim, R]``, unit L2 norm over ``dim``.
+
+        Training: ``torch.rand`` on ``device`` itself, which torch.compile traces (no graph break, no copy from
+        the host); on the CPU these are the official numbers. Evaluation with ``seed``: the private generator,
+        on the CPU (the same bases on every device), run eagerly."""
+        if self.training or self.seed is None:
+            bases = torch.rand(n, dim, self.rank, device=device)
+        else:
+            bases = self._seeded_bases(n, dim, device)
+        return F.normalize(bases, dim=1)
+
+    @torch.compiler.disable  # a fresh torch.Generator cannot be traced: evaluation draws eagerly
+    def _seeded_bases(self, n: int, dim: int, device: torch.device) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed)
+        return torch.rand(n, dim, self.rank, generator=generator, device="cpu").to(device)
 
     def update_coef(self, x: torch.Tensor, bases: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
         numerator = x.transpose(1, 2) @ bases  # [n, N, R]
