@@ -1,5 +1,6 @@
 """Static rules every course notebook keeps (nbval executes them; these catch what execution cannot)."""
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -25,3 +26,48 @@ def test_executed_in_order_with_python3_kernel(path):
     counts = [c["execution_count"] for c in nb["cells"] if c["cell_type"] == "code"]
     assert counts == list(range(1, len(counts) + 1)), "re-execute the notebook top to bottom in a fresh kernel"
     assert path.stat().st_size < 1_000_000, "figures too large: keep the notebook under 1 MB"
+
+
+# The shared first code cell, as notebooks/README.md (section "First cells") shows it.
+SETUP = '''# Setup: imports, seeds, threads and small figures (the same first cell in every notebook)
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import matplotlib.pyplot as plt
+from einops import rearrange
+
+import segedu
+from segedu.utils import seed_everything
+
+torch.manual_seed(0)
+seed_everything(0)
+torch.set_num_threads(2)
+plt.rcParams.update({"figure.dpi": 100, "figure.figsize": (5, 3), "font.size": 9})
+'''
+
+
+def test_readme_shows_the_shared_setup_cell():
+    readme = (Path(__file__).resolve().parents[1] / "notebooks" / "README.md").read_text()
+    indented = "".join(f"   {line}\n" if line else "\n" for line in SETUP.splitlines())
+    assert indented in readme, "notebooks/README.md and tests/test_notebooks.py must show the same setup cell"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_first_code_cell_is_the_shared_setup(path):
+    # Figures at 100 dpi (readable on GitHub), the same seeds and threads everywhere.
+    first = next(c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")
+    assert "".join(first["source"]).startswith(SETUP), "start the first code cell with the setup block of README.md"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_no_reference_outside_the_repository(path):
+    # The repository stands alone: nothing points into ../shared, and the cells cite the paper or docs/.
+    text = path.read_text()
+    for needle in ("../shared", "shared/reference"):
+        assert needle not in text, f"{needle!r}: cite the paper or docs/architectures.md instead"
+    for i, cell in enumerate(json.loads(text)["cells"]):
+        source = "".join(cell["source"])
+        for needle in ("performance_and_user_needs.md", "course_practices.md"):
+            assert needle not in source, f"cell {i}: {needle!r} is not in the repository"
+        assert not re.search(r"(?<!docs/)architectures\.md", source), \
+            f"cell {i}: write docs/architectures.md section N, or cite the paper"
