@@ -219,3 +219,17 @@ def test_checkpoint_every_is_independent_of_evaluation(tiny_data, tmp_path, monk
     assert saved == [3, 4, 6, 7]  # every 3, before each evaluation (4), and at the end
     with pytest.raises(ValueError, match="checkpoint-every must be a positive number of iterations, got 0"):
         train(RECIPE, tiny_data, tmp_path / "x", **{**OPTIONS, "checkpoint_every": 0})
+
+
+def test_a_step_whose_batch_has_no_labelled_pixel_has_zero_loss():
+    from segedu.train import TrainForward, train_step
+    torch.manual_seed(0)
+    model = torch.nn.Module()
+    conv = torch.nn.Conv2d(3, 4, 1)
+    model.forward_train = lambda x: {"main": conv(x), "aux": []}
+    model.aux_weights = ()
+    optimizer = torch.optim.AdamW(conv.parameters(), lr=0.1)
+    images, masks = torch.randn(4, 3, 8, 8), torch.full((4, 8, 8), 255)
+    for micro in (None, 2):  # one piece (mean over its pixels) and two pieces (the step's normaliser)
+        loss = train_step(TrainForward(model), model, optimizer, images, masks, micro=micro)
+        assert loss.item() == 0.0 and all(torch.isfinite(p).all() for p in conv.parameters())
