@@ -300,6 +300,7 @@ class Run:
     val_set: Dataset
     micro: int
     amp: bool
+    workers: int = 0                # DataLoader processes, for training and for the evaluations
     start: int = 0
     history: list = field(default_factory=list)
     saved_step: int | None = None   # the step of the checkpoint on disk, None before the first one
@@ -316,14 +317,14 @@ def _train(recipe: Recipe, data_root, folder: RunFolder, opts: TrainOptions, ctx
         check_resume(state, recipe, opts, folder.checkpoint)
     model = build_model(recipe, opts, ctx, pretrained=state is None)
     optimizer, scheduler = build_optimizer_and_schedule(model, recipe)
+    workers = default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", world))) if opts.num_workers is None \
+        else opts.num_workers
     run = Run(recipe, opts, ctx, folder, model, prepare_net(model, ctx, opts.compile), optimizer, scheduler,
-              val_set, micro, (device.type == "cuda") if opts.amp is None else opts.amp)
+              val_set, micro, (device.type == "cuda") if opts.amp is None else opts.amp, workers)
     if state is not None:
         restore(run, state)
     elif ctx.is_main:
         truncate_log(folder.log, 0)  # a fresh run starts a fresh log
-    workers = default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", world))) if opts.num_workers is None \
-        else opts.num_workers
     # A generator of its own: creating the iterator would otherwise draw from the global RNG.
     loader = DataLoader(SeededAugment(train_set, augment, opts.seed), num_workers=workers,
                         generator=torch.Generator().manual_seed(opts.seed),
@@ -533,7 +534,7 @@ def validate(run: Run) -> dict:
     """The recipe's test protocol (whole image or sliding window) on the validation set."""
     r = run.recipe
     return evaluate(run.model, run.val_set, r.num_classes, run.ctx.device, amp=run.amp, progress=False,
-                    mode=r.test_mode, crop_size=r.slide_crop, stride=r.slide_stride)
+                    mode=r.test_mode, crop_size=r.slide_crop, stride=r.slide_stride, num_workers=run.workers)
 
 
 def _evaluate(run: Run, done: int, bar) -> dict:
