@@ -144,6 +144,8 @@ class TrainOptions:
     deterministic: bool = False
 
     def __post_init__(self):
+        if self.resume and self.overwrite:
+            raise ValueError("--resume continues the run in --out and --overwrite replaces it; give one of them")
         for name in ("checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be a positive number of iterations, "
@@ -330,9 +332,17 @@ def _train(recipe: Recipe, data_root, folder: RunFolder, opts: TrainOptions, ctx
                         generator=torch.Generator().manual_seed(opts.seed),
                         batch_sampler=rank_batches(len(train_set), recipe.batch_size, opts.seed, run.start,
                                                    ctx.rank, world),
-                        pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+                        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                        worker_init_fn=_leave_signals_to_the_main_process)
     with StopSignals() as signals:
         return run_loop(run, iter(loader), signals)
+
+
+def _leave_signals_to_the_main_process(worker_id: int) -> None:
+    """Ctrl-C and a scheduler's SIGTERM reach the whole process group: DataLoader workers ignore them, so that
+    the main process (:class:`StopSignals`) can still draw its last batch and write the checkpoint."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def build_data(recipe: Recipe, data_root, opts: TrainOptions, ctx: distributed.Context):

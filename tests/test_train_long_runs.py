@@ -57,7 +57,7 @@ def logged_steps(out) -> list[int]:
             if json.loads(line)["kind"] == "train"]
 
 
-def run_child(tmp_path, body: str, *, check_rc=None, timeout=300) -> subprocess.CompletedProcess:
+def run_child(tmp_path, body: str, *, check_rc=None, timeout=300, new_session=False) -> subprocess.CompletedProcess:
     """Run ``body`` in a fresh Python (the recipe is in ``recipe``) with ``segedu.train.total_loss`` wrapped by
     ``hook(call_number)``, which the body defines."""
     (tmp_path / "recipe.json").write_text(json.dumps(RECIPE.to_dict()))
@@ -74,7 +74,7 @@ def run_child(tmp_path, body: str, *, check_rc=None, timeout=300) -> subprocess.
         T.total_loss = counted
     ''') + textwrap.dedent(body)
     run = subprocess.run([sys.executable, "-c", script, str(tmp_path / "recipe.json")], env=ENV, text=True,
-                         capture_output=True, timeout=timeout, check=False)
+                         capture_output=True, timeout=timeout, check=False, start_new_session=new_session)
     if check_rc is not None:
         assert run.returncode == check_rc, run.stderr[-3000:]
     return run
@@ -114,6 +114,23 @@ def test_sigterm_writes_a_checkpoint_and_exits_naming_it(tiny_data, tmp_path, un
     assert ckpt.load(out / "checkpoint.pt")["step"] == 5
     train(RECIPE, tiny_data, out, resume=True, **OPTIONS)
     same_weights(out, uninterrupted)
+
+
+def test_sigterm_to_the_process_group_spares_the_data_workers(tiny_data, tmp_path):
+    """A scheduler signals the whole process group, DataLoader workers included: the run still ends with a
+    checkpoint and a clean return. (The workers ignore the signal, so that under torchrun, where the processes
+    agree to stop at the next log interval, they still deliver the batches up to it.)"""
+    out = tmp_path / "run"
+    run = run_child(tmp_path, f'''
+        def hook(n):
+            if n == 3:
+                os.killpg(os.getpgid(0), signal.SIGTERM)  # the main process and its worker
+        result = T.train(recipe, {str(tiny_data)!r}, {str(out)!r}, progress=False, device="cpu", num_workers=1,
+                         checkpoint_every=100)
+        print("stopped by", result.stopped_by, "at", result.step)
+    ''', check_rc=0, new_session=True)
+    assert "stopped by SIGTERM at 3" in run.stdout, run.stderr[-2000:]
+    assert ckpt.load(out / "checkpoint.pt")["step"] == 3
 
 
 def test_resume_with_another_recorded_device_count(tiny_data, tmp_path, uninterrupted, one_thread, capsys):
