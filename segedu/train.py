@@ -406,12 +406,17 @@ def pretrained_choice(recipe: Recipe, pretrained: str | None = None, source: str
 def load_pretrained(model: nn.Module, recipe: Recipe, opts: TrainOptions, verbose: bool = True) -> list[str] | None:
     """Fill ``model.encoder`` from the recipe's (or ``opts.pretrained``) ImageNet checkpoint; print what
     loaded and what kept its initialisation. A checkpoint that does not fit raises CheckpointMismatchError."""
-    from .weights import load_checkpoint, locate, read_state_dict
+    from .weights import CheckpointMismatchError, load_checkpoint, locate, read_state_dict
     choice = pretrained_choice(recipe, opts.pretrained, opts.pretrained_source)
     if choice is None:
         return None
     where, source = choice
-    left = load_checkpoint(model, read_state_dict(locate(where)), source, encoder_only=True)
+    try:
+        left = load_checkpoint(model, read_state_dict(locate(where)), source, encoder_only=True)
+    except CheckpointMismatchError as err:  # one line: the command line prints one
+        report = " ".join(line.strip() for line in str(err).splitlines())
+        raise CheckpointMismatchError(f"the encoder checkpoint {where} ({source}): {report} -- is --pretrained-source "
+                                      f"right, and is it {recipe.model}'s encoder?") from None
     if verbose:
         encoder = [k for k in model.state_dict() if k.startswith("encoder.")]
         kept = [k for k in left if k.startswith("encoder.")]
