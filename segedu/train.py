@@ -24,6 +24,7 @@ gradients before one optimiser step.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -185,7 +186,7 @@ def train(recipe: Recipe, data_root: str | Path, out_dir: str | Path, options: T
     ``metrics.jsonl`` and ``curves.png``. A folder holding a checkpoint is continued only with ``resume`` and
     replaced only with ``overwrite``; a second process on the same folder is refused.
     """
-    opts = options if options is not None else TrainOptions(**kwargs)
+    opts = dataclasses.replace(options, **kwargs) if options is not None else TrainOptions(**kwargs)
     ctx = distributed.setup(opts.device)
     try:
         with _kernel_settings(opts.deterministic), RunFolder(Path(out_dir), opts, ctx) as folder:
