@@ -313,6 +313,8 @@ def _train(recipe: Recipe, data_root, folder: RunFolder, opts: TrainOptions, ctx
     device, world = ctx.device, ctx.world_size
     micro = opts.micro_batch or recipe.batch_size // world
     accumulation_steps(recipe.batch_size, world, micro)  # a clear error before anything is built
+    if not opts.resume:
+        pretrained_choice(recipe, opts.pretrained, opts.pretrained_source)  # a missing encoder file: say so now
     seed_everything(opts.seed, deterministic=False)  # the same seed on every process: the same initial weights
     train_set, val_set, augment = build_data(recipe, data_root, opts, ctx)
     state = ckpt.load(folder.checkpoint) if opts.resume else None
