@@ -139,7 +139,8 @@ class PatchEmbedBadNames(nn.Module):
 
 
 def test_overlap_patch_embed_mistakes():
-    fails(checks.check_overlap_patch_embed, PatchEmbedNoPad, "pad the conv with patch_size // 2")
+    fails(checks.check_overlap_patch_embed, PatchEmbedNoPad, "loses the border")
+    fails(checks.check_overlap_patch_embed, PatchEmbedNoPad, "pad the conv with patch_size // 2", hint=True)
     fails(checks.check_overlap_patch_embed, PatchEmbedColumnMajor, "column by column")
     fails(checks.check_overlap_patch_embed, PatchEmbedNoNorm, "LayerNorm is missing")
     fails(checks.check_overlap_patch_embed, PatchEmbedSwappedHW, "swapped")
@@ -180,7 +181,8 @@ def _esa_with(bug):
 def test_efficient_attention_mistakes():
     checks.check_efficient_attention(_esa_with(None))  # the written-out version is correct
     fails(checks.check_efficient_attention, _esa_with("no_scale"), "not scaled")
-    fails(checks.check_efficient_attention, _esa_with("dim_scale"), "per-head dimension")
+    fails(checks.check_efficient_attention, _esa_with("dim_scale"), "scaled by 1 / sqrt\\(dim\\)")
+    fails(checks.check_efficient_attention, _esa_with("dim_scale"), "per-head dimension", hint=True)
     fails(checks.check_efficient_attention, _esa_with("softmax_axis"), "softmax runs over the queries")
     fails(checks.check_efficient_attention, _esa_with("reshape"), "without transposing first")
     fails(checks.check_efficient_attention, _esa_with("kv"), "keys and values are swapped")
@@ -231,7 +233,7 @@ def test_mix_ffn_mistakes():
     fails(checks.check_mix_ffn, _ffn_with("gelu_first"), "GELU comes before the depth-wise conv")
     fails(checks.check_mix_ffn, _ffn_with("tanh"), "tanh approximation")
     fails(checks.check_mix_ffn, _ffn_with("residual"), "belongs to the Block")
-    fails(checks.check_mix_ffn, FFNFullConv, "groups=hidden_dim")
+    fails(checks.check_mix_ffn, FFNFullConv, "groups=hidden_dim", hint=True)
 
 
 class BlockPostNorm(sf.Block):
@@ -257,7 +259,8 @@ class BlockNormedResidual(sf.Block):
 def test_block_mistakes():
     fails(checks.check_block, BlockPostNorm, "post-norm")
     fails(checks.check_block, BlockNoResidual, "residual connection around the attention is missing")
-    fails(checks.check_block, BlockNormedResidual, "un-normalised x")
+    fails(checks.check_block, BlockNormedResidual, "residual carries the normalised tokens")
+    fails(checks.check_block, BlockNormedResidual, "un-normalised x", hint=True)
 
 
 class StageNoNorm(sf.MiTStage):
@@ -318,7 +321,8 @@ class HeadUpsampled(sf.SegFormerHead):
 
 def test_segformer_head_mistakes():
     checks.check_segformer_head(_head_with(None))
-    fails(checks.check_segformer_head, _head_with("order"), r"\[c4, c3, c2, c1\]")
+    fails(checks.check_segformer_head, _head_with("order"), r"concatenated as \[c1, c2, c3, c4\]")
+    fails(checks.check_segformer_head, _head_with("order"), r"\[c4, c3, c2, c1\]", hint=True)
     fails(checks.check_segformer_head, _head_with("align_corners"), "align_corners=True")
     fails(checks.check_segformer_head, HeadUpsampled, "size of c1")
 
@@ -341,6 +345,195 @@ def test_seg_loss_mistakes():
         return F.cross_entropy(up, target, ignore_index=ignore_index, reduction="sum") / target.numel()
 
     fails(checks.check_seg_loss, shrink_labels, "labels were shrunk")
-    fails(checks.check_seg_loss, no_ignore, "ignore_index=255")
+    fails(checks.check_seg_loss, no_ignore, "crashed on label 255")
+    fails(checks.check_seg_loss, no_ignore, "ignore_index=255", hint=True)
     fails(checks.check_seg_loss, corners, "align_corners=True")
     fails(checks.check_seg_loss, mean_over_all, "over all pixels")
+
+
+# ---------------------------------------------------------------------------- holes closed: stochastic depth, eps
+from segedu.layers import DropPath  # noqa: E402
+
+
+class BlockNoDropPath(sf.Block):
+    """DropPath built but never applied: identical to segedu's block in eval mode."""
+
+    def forward(self, x, hw):
+        x = x + self.attn(self.norm1(x), hw)
+        return x + self.mlp(self.norm2(x), hw)
+
+
+class BlockZeroRate(sf.Block):
+    """The rate it is given is dropped on the floor."""
+
+    def __init__(self, dim, num_heads, sr_ratio, mlp_ratio, drop_path):
+        super().__init__(dim, num_heads, sr_ratio, mlp_ratio, 0.0)
+
+
+class BlockDropout(sf.Block):
+    """nn.Dropout (single elements) where DropPath (whole samples) belongs."""
+
+    def __init__(self, dim, num_heads, sr_ratio, mlp_ratio, drop_path):
+        super().__init__(dim, num_heads, sr_ratio, mlp_ratio, drop_path)
+        self.drop_path = nn.Dropout(drop_path)
+
+
+class BatchDropPath(DropPath):
+    def forward(self, x):
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        return x * x.new_empty(()).bernoulli_(keep) / keep  # one coin for the whole batch
+
+
+class BlockBatchCoin(sf.Block):
+    def __init__(self, dim, num_heads, sr_ratio, mlp_ratio, drop_path):
+        super().__init__(dim, num_heads, sr_ratio, mlp_ratio, drop_path)
+        self.drop_path = BatchDropPath(drop_path)
+
+
+class UnscaledDropPath(DropPath):
+    def forward(self, x):
+        if self.p == 0.0 or not self.training:
+            return x
+        return x * x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1.0 - self.p)
+
+
+class BlockUnscaled(sf.Block):
+    def __init__(self, dim, num_heads, sr_ratio, mlp_ratio, drop_path):
+        super().__init__(dim, num_heads, sr_ratio, mlp_ratio, drop_path)
+        self.drop_path = UnscaledDropPath(drop_path)
+
+
+class TimmStyleDropPath(nn.Module):
+    """Stochastic depth written another way (timm's drop_path: torch.rand + floor), per sample, scaled."""
+
+    def __init__(self, p):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = (keep + torch.rand((x.shape[0], 1, 1), dtype=x.dtype)).floor()
+        return x.div(keep) * mask
+
+
+class BlockTimmDropPath(sf.Block):
+    def __init__(self, dim, num_heads, sr_ratio, mlp_ratio, drop_path):
+        super().__init__(dim, num_heads, sr_ratio, mlp_ratio, drop_path)
+        self.drop_path = TimmStyleDropPath(drop_path)
+
+
+def test_block_stochastic_depth(capsys):
+    assert_passes_quietly(capsys, "check_block", checks.check_block, BlockTimmDropPath)  # another correct way
+    fails(checks.check_block, BlockNoDropPath, "behaves exactly as in eval mode: no stochastic depth")
+    fails(checks.check_block, BlockZeroRate, "no stochastic depth")
+    fails(checks.check_block, BlockDropout, "not single elements")
+    fails(checks.check_block, BlockBatchCoin, "same branches for every sample")
+    fails(checks.check_block, BlockUnscaled, "does not rescale the kept ones")
+    fails(checks.check_block, BlockNoDropPath, r"Hint: Wrap each residual branch", hint=True)
+
+
+def _stage_with(rates):
+    class Stage(sf.MiTStage):
+        def __init__(self, in_channels, dim, depth, num_heads, sr_ratio, mlp_ratio, patch_size, stride, drop_paths):
+            super().__init__(in_channels, dim, depth, num_heads, sr_ratio, mlp_ratio, patch_size, stride,
+                             rates(drop_paths[:depth]))
+    return Stage
+
+
+def test_mit_stage_drop_path_rates():
+    fails(checks.check_mit_stage, _stage_with(lambda r: [0.0] * len(r)),
+          r"block 1 .*behaves exactly as in eval mode: no stochastic depth")
+    fails(checks.check_mit_stage, _stage_with(lambda r: r[::-1]), r"block 0 .*rate 0.*reversed")
+    fails(checks.check_mit_stage, _stage_with(lambda r: r[1:] + r[:1]), r"block 0 .*(reversed|wrong blocks)")
+
+
+class StageDefaultEps(sf.MiTStage):
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.norm = nn.LayerNorm(self.norm.normalized_shape[0])  # PyTorch's default eps 1e-5
+
+
+class BlockDefaultEps(sf.Block):
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.norm2 = nn.LayerNorm(self.norm2.normalized_shape[0])
+
+
+def test_layer_norm_eps_is_named():
+    fails(checks.check_mit_stage, StageDefaultEps, r"`norm` is a LayerNorm with eps=1e-05.*eps=1e-06")
+    fails(checks.check_block, BlockDefaultEps, r"`norm2` is a LayerNorm with eps=1e-05.*eps=1e-06")
+    fails(checks.check_mit_stage, StageDefaultEps, r"Hint: nn\.LayerNorm\(\.\.\., eps=1e-06\) for `norm`", hint=True)
+
+
+# ---------------------------------------------------------------------------- hints that guide instead of answering
+import inspect  # noqa: E402
+
+from check_contract import first_failure_and_hint  # noqa: E402
+from segedu.checks import _core  # noqa: E402
+
+
+def test_every_check_says_where_to_look_and_takes_hint():
+    names = [n for n in dir(checks) if n.startswith("check_")]
+    assert len(names) >= 35
+    for name in names:
+        assert name in _core.WHERE_TO_LOOK, f"{name} has no @teaches(where_to_look)"
+        assert "hint" in inspect.signature(getattr(checks, name), follow_wrapped=False).parameters, name
+
+
+def test_first_failure_names_the_concept_and_where_to_look_then_the_fix():
+    first, second = first_failure_and_hint(checks.check_block, BlockNormedResidual)
+    assert first.startswith("check_block (dim=16, heads=2, sr=2): the residual carries the normalised tokens.")
+    assert "\nWhere to look: SegFormer Sec. 3.1" in first
+    assert "un-normalised" not in first and "Hint:" not in first and first.endswith(_core.HINT_OFFER)
+    assert second.splitlines()[:2] == first.splitlines()[:2]
+    assert second.splitlines()[-1].startswith("Hint: add the branch to the un-normalised x")
+
+
+def test_hint_true_gives_the_fix_at_once_and_a_pass_forgets():
+    _core._LAST_FAILURE.pop("check_mla_top_down", None)
+    fails(checks.check_mla_top_down, _bottom_up, "Hint: MLA is top-down", hint=True)
+    checks.check_mla_top_down(lambda c: [sum(c[i:]) for i in range(len(c))])  # passes: the next failure is new
+    message = fails(checks.check_mla_top_down, _bottom_up, "sums run bottom-up")
+    assert "Hint:" not in message
+
+
+def _bottom_up(c):
+    p = list(c)
+    for i in range(1, len(c)):
+        p[i] = p[i - 1] + c[i]
+    return p
+
+
+def test_passing_checks_print_what_they_printed_before(capsys):
+    checks.check_mix_ffn(sf.MixFFN)
+    checks.check_block(sf.Block, hint=True)
+    checks.check_iou(_iou)
+    assert capsys.readouterr().out == (
+        "check_mix_ffn passed: 3 cases match segedu.models.segformer.MixFFN\n"
+        "check_block passed: 3 cases match segedu.models.segformer.Block\n"
+        "check_iou passed: 2 cases match segedu.metrics.SegMetrics\n")
+
+
+def test_split_message_keeps_labels_and_abbreviations_with_the_concept():
+    assert _core.split_message("partition: the windows are numbered column by column; number them row by row") == (
+        "partition: the windows are numbered column by column.", "number them row by row")
+    assert _core.split_message("the softmax runs over the queries (dim=-2): take it over the keys") == (
+        "the softmax runs over the queries (dim=-2).", "take it over the keys")
+    assert _core.split_message("the residual x + ... belongs to the Block, not to the Mix-FFN") == (
+        "the residual x + ... belongs to the Block, not to the Mix-FFN", None)
+    assert _core.split_message("see SegFormer Sec. 3.1 for it") == ("see SegFormer Sec. 3.1 for it", None)
+
+
+# ---------------------------------------------------------------------------- the cells waiting for the notebooks
+from check_contract import NOTEBOOKS, assert_pending_cells_fit  # noqa: E402
+
+
+@pytest.mark.parametrize("stem", sorted(p.stem for p in NOTEBOOKS.glob("[01]*.ipynb")))
+def test_pending_cells_fit_their_notebook(stem):
+    """Design exercises and "Check your understanding" cells (/tmp/g_cells/<stem>.json, when present): each either
+    is in the notebook already or has an anchor found in exactly one cell."""
+    assert_pending_cells_fit(stem)

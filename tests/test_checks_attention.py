@@ -81,7 +81,7 @@ def test_multi_head_self_attention_mistakes():
         def __init__(self, dim, heads):
             super().__init__()
             self.qkv = nn.Linear(dim, 3 * dim)
-    fails(check, NoProj, r"missing proj.weight(.|\n)*Hint: The heads are merged by the output projection")
+    fails(check, NoProj, r"missing proj.weight(.|\n)*Hint: The heads are merged by the output projection", hint=True)
 
 
 @pytest.mark.parametrize("check,unsolved", [

@@ -91,3 +91,51 @@ def test_slide_logits_reference_matches_whole_image_when_one_window():
     x = torch.randn(1, 3, 12, 20)
     with torch.no_grad():
         torch.testing.assert_close(slide_logits(model, x, 32, 16, 4), model(x))
+
+
+# ---------------------------------------------------------------------------- multi-scale + flip (design exercise)
+from segedu.checks.evaluation import _ms_flip  # noqa: E402
+from segedu.evaluate import ms_flip_logits  # noqa: E402
+
+from check_contract import assert_pending_cells_fit, exec_exercise  # noqa: E402
+
+
+def ms_flip_batched(model, image, scales, flip=True):
+    """Correct, written differently: the image and its mirror in one batch, round() on sizes that never end in .5
+    here, probabilities accumulated in a list and stacked."""
+    H, W = image.shape[-2:]
+    probs = []
+    for r in scales:
+        x = F.interpolate(image, size=(int(H * r + 0.5), int(W * r + 0.5)), mode="bilinear", align_corners=False)
+        batch = torch.cat([x, x.flip(3)]) if flip else x
+        p = F.interpolate(model(batch), size=(H, W), mode="bilinear", align_corners=False).softmax(1)
+        probs += [p[:len(image)], p[len(image):].flip(3)] if flip else [p]
+    return torch.stack(probs).mean(0)
+
+
+def test_ms_flip_solution_and_alternatives_pass(capsys):
+    ns = exec_exercise("08_evaluation_and_inference", "ex08-ms-flip")
+    for fn in (ns["ms_flip_probs"], ms_flip_batched, lambda m, x, s, flip=True: ms_flip_logits(m, x, s, flip=flip)):
+        assert_passes_quietly(capsys, "check_ms_flip", checks.check_ms_flip, fn)
+
+
+def test_ms_flip_cells_fit_the_notebook():
+    assert_pending_cells_fit("08_evaluation_and_inference")
+
+
+def test_ms_flip_unsolved_raises_not_implemented():
+    assert_stub_passes_through(checks.check_ms_flip, stub)
+
+
+@pytest.mark.parametrize("bug,match", [
+    (dict(average="logits"), "logits were averaged"),
+    (dict(resize_probs=True), "softmax was taken at the model's output size"),
+    (dict(unflip=False), "not mirrored back"),
+    (dict(vertical=True), "flip is vertical"),
+    (dict(rounding="floor"), "truncated"),
+    (dict(image_mode="nearest"), "nearest neighbour"),
+    (dict(align_corners=True), "align_corners=True"),
+    (dict(divide="scales"), "divided by the number of scales"),
+])
+def test_ms_flip_mistakes(bug, match):
+    fails(checks.check_ms_flip, lambda m, x, s, flip=True: _ms_flip(m, x, s, flip, **bug), match)

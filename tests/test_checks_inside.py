@@ -94,7 +94,7 @@ def test_erf_mistakes(kwargs, match):
     (lambda h, w, d, ws: window_flops(h, w, d, ws, pad=False), "not padded"),
     (lambda h, w, d, ws: window_flops(h, w, d, ws, proj=False), "output projection is missing"),
     (lambda h, w, d, ws: 2 * (4 * h * w * d * d + 2 * (h * w) ** 2 * d), "global attention"),
-    (lambda h, w, d, ws: window_flops(h, w, d, ws) + 1000, "FlopCounterMode counts"),
+    (lambda h, w, d, ws: window_flops(h, w, d, ws) + 1000, "none of the classic mistakes"),
     (lambda h, w, d, ws: "many", "return a number"),
 ])
 def test_window_attention_flops_mistakes(fn, match):

@@ -74,9 +74,10 @@ class NotDepthwise(nx.MSCA):
 
 
 def test_msca_structure_mistakes():
-    fails(checks.check_msca, StripsSwapped, r"branches\.0\.0\.weight has shape \[8, 1, 7, 1\](.|\n)*horizontal strip")
+    fails(checks.check_msca, StripsSwapped, r"branches\.0\.0\.weight has shape \[8, 1, 7, 1\](.|\n)*horizontal strip",
+          hint=True)
     fails(checks.check_msca, PaddingSquare, r"branches\[0\]\[0\] \(kernel \(1, 7\)\) turns a 13x24 map into")
-    fails(checks.check_msca, NotDepthwise, r"conv0\.weight has shape \[8, 8, 5, 5\](.|\n)*depth-wise 5x5")
+    fails(checks.check_msca, NotDepthwise, r"conv0\.weight has shape \[8, 8, 5, 5\](.|\n)*depth-wise 5x5", hint=True)
 
 
 # ---------------------------------------------------------------------------- NMF
@@ -133,3 +134,125 @@ def test_nmf_shape_and_in_place_mistakes():
         return out
 
     fails(checks.check_nmf, in_place, "modified in place")
+
+
+# ---------------------------------------------------------------------------- LightHam (design exercise)
+from collections import OrderedDict  # noqa: E402
+
+import torch  # noqa: E402
+
+from check_contract import assert_pending_cells_fit, exec_exercise  # noqa: E402
+from segedu.checks.segnext import _lightham_reference  # noqa: E402
+
+
+class LightHamOtherWay(nn.Module):
+    """A correct head written another way: its own Sequential conv + GroupNorm + ReLU (same keys as ConvNormAct),
+    every stage resized (stage 2 to its own size, an exact no-op) through a loop, nn.Upsample-free."""
+
+    def __init__(self, in_channels, num_classes, ham_channels=512, channels=512, nmf_rank=64):
+        super().__init__()
+
+        def conv_gn_relu(cin, cout):
+            return nn.Sequential(OrderedDict(conv=nn.Conv2d(cin, cout, 1, bias=False),
+                                             norm=nn.GroupNorm(32, cout), act=nn.ReLU()))
+
+        self.squeeze = conv_gn_relu(in_channels[1] + in_channels[2] + in_channels[3], ham_channels)
+        self.hamburger = nx.Hamburger(ham_channels, nx.NMF2D(nmf_rank))
+        self.align = conv_gn_relu(ham_channels, channels)
+        self.dropout = nn.Dropout2d(0.1)
+        self.linear_pred = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, feats):
+        size = feats[1].shape[-2:]
+        x = torch.cat([F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in feats[1:]], 1)
+        return self.linear_pred(self.dropout(self.align(self.hamburger(self.squeeze(x)))))
+
+
+def lightham_with(**bug):
+    class Variant(nx.LightHamHead):
+        def forward(self, feats):
+            return _lightham_reference(self, feats, **bug)
+    return lambda a, k, h, c, r: Variant(a, k, h, c, r)
+
+
+def test_lightham_solution_and_an_alternative_pass(capsys):
+    ns = exec_exercise("06_segnext", "ex06-lightham-head", nx=nx)
+    for cls in (ns["LightHamHead"], LightHamOtherWay):
+        assert_passes_quietly(capsys, "check_lightham_head", checks.check_lightham_head, cls)
+
+
+def test_lightham_cells_fit_the_notebook():
+    assert_pending_cells_fit("06_segnext")
+
+
+def test_lightham_unsolved_raises_not_implemented():
+    assert_stub_passes_through(checks.check_lightham_head, Stub)
+
+
+@pytest.mark.parametrize("bug,match", [
+    (dict(order="down"), "deepest first"),
+    (dict(align_corners=True), "align_corners=True"),
+    (dict(mode="nearest"), "nearest-neighbour"),
+    (dict(ham=False), "Hamburger is left out"),
+    (dict(ham_after_align=True), "Hamburger comes after `align`"),
+])
+def test_lightham_mistakes(bug, match):
+    fails(checks.check_lightham_head, lightham_with(**bug), match)
+
+
+class LightHamAllStages(LightHamOtherWay):
+    """Reads stage 1 too, on its stride-4 grid."""
+
+    def __init__(self, in_channels, num_classes, ham_channels=512, channels=512, nmf_rank=64):
+        super().__init__(in_channels, num_classes, ham_channels, channels, nmf_rank)
+        self.squeeze.conv = nn.Conv2d(sum(in_channels), ham_channels, 1, bias=False)
+
+    def forward(self, feats):
+        size = feats[0].shape[-2:]
+        x = torch.cat([F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in feats], 1)
+        return self.linear_pred(self.dropout(self.align(self.hamburger(self.squeeze(x)))))
+
+
+class LightHamStride4(LightHamOtherWay):
+    """Stages 2-4, but resized to stage 1's grid."""
+
+    def forward(self, feats):
+        size = feats[0].shape[-2:]
+        x = torch.cat([F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in feats[1:]], 1)
+        return self.linear_pred(self.dropout(self.align(self.hamburger(self.squeeze(x)))))
+
+
+def test_lightham_stage_mistakes():
+    fails(checks.check_lightham_head, LightHamAllStages, r"squeeze\.conv\.weight has shape \[32, 80, 1, 1\]")
+    fails(checks.check_lightham_head, LightHamAllStages, "Hint: `squeeze` reads the concatenation of stages 2, 3 and 4",
+          hint=True)
+    fails(checks.check_lightham_head, LightHamStride4, "logits are at stride 4")
+
+
+# ---------------------------------------------------------------------------- NMF gradients (hole closed)
+def _no_grad_nmf(x, bases, steps, eps):
+    with torch.no_grad():
+        return _nmf_variant()(x, bases, steps, eps)
+
+
+def _detached_bases_nmf(x, bases, steps, eps):
+    """Gradients flow, but the bases are detached after every update."""
+    bases = F.normalize(bases, dim=1)
+    xt = x.transpose(1, 2)
+    coef = (xt @ bases).softmax(dim=-1)
+    for _ in range(steps):
+        coef = coef * (xt @ bases) / (coef @ (bases.transpose(1, 2) @ bases) + eps)
+        bases = (bases * (x @ coef) / (bases @ (coef.transpose(1, 2) @ coef) + eps)).detach()
+    return bases, coef * (xt @ bases) / (coef @ (bases.transpose(1, 2) @ bases) + eps)
+
+
+def test_nmf_gradient_mistakes():
+    fails(checks.check_nmf, _no_grad_nmf, r"no gradient reaches x(.|\n)*flows through every multiplicative update")
+    fails(checks.check_nmf, lambda x, b, s, e: [t.detach() for t in _nmf(x, b, s, e)], "no gradient reaches x")
+    fails(checks.check_nmf, lambda x, b, s, e: _core_one_step(x, b, s, e), "only through the last coef update")
+    fails(checks.check_nmf, _detached_bases_nmf, "does not flow through every update")
+
+
+def _core_one_step(x, bases, steps, eps):
+    from segedu.checks.segnext import _one_step_nmf
+    return _one_step_nmf(x, bases, steps, eps)

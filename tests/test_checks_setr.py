@@ -95,7 +95,114 @@ def in_place(c):
 
 def test_mla_top_down_mistakes():
     fails(checks.check_mla_top_down, bottom_up, "bottom-up")
-    fails(checks.check_mla_top_down, next_only, "accumulate")
+    fails(checks.check_mla_top_down, next_only, "adds only the next deeper tap")
+    fails(checks.check_mla_top_down, next_only, "accumulate", hint=True)
     fails(checks.check_mla_top_down, lambda c: top_down(c)[::-1], "reverse order")
     fails(checks.check_mla_top_down, in_place, "in place")
     fails(checks.check_mla_top_down, lambda c: top_down(c)[0], "not only the last sum")
+
+
+# ---------------------------------------------------------------------------- PUP (design exercise)
+import math  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from check_contract import assert_pending_cells_fit, exec_exercise  # noqa: E402
+from segedu.checks.setr import _pup_reference  # noqa: E402
+from segedu.layers import ConvNormAct  # noqa: E402
+
+
+def reference_pup(in_dim, num_classes, channels, patch_size):
+    if patch_size < 2 or 2 ** round(math.log2(patch_size)) != patch_size:
+        raise ValueError("patch_size must be a power of two")
+    return PUPVariant(in_dim, num_classes, channels, patch_size)
+
+
+class PUPVariant(nn.Module):
+    """A PUP head written another way (nn.Upsample modules, a permute for the norm, upsample-then-classify: mmseg's
+    order), with switches for the classic mistakes."""
+
+    def __init__(self, in_dim, num_classes, channels, patch_size, bias=True, eps=1e-6, bug=None):
+        super().__init__()
+        self.bug = bug
+        self.norm = nn.LayerNorm(in_dim, eps=eps)
+        n = round(math.log2(patch_size))
+        self.convs = nn.ModuleList(ConvNormAct(in_dim if i == 0 else channels, channels, 3, bias=bias)
+                                   for i in range(n))
+        self.linear_pred = nn.Conv2d(channels, num_classes, 1)
+        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+
+    def forward(self, z):
+        if self.bug:
+            return _pup_reference(self, z, **self.bug)
+        x = self.norm(z.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        for i, conv in enumerate(self.convs):
+            x = conv(self.up(x) if i else x)
+        return self.linear_pred(self.up(x))  # upsample, then classify (commutes with the 1x1 conv)
+
+
+def pup_with(**kwargs):
+    return lambda d, k, c, p: PUPVariant(d, k, c, p, **kwargs)
+
+
+def test_pup_solution_and_an_alternative_pass(capsys):
+    ns = exec_exercise("03_vit_and_setr", "ex03-pup-head", setr=setr)
+    assert_passes_quietly(capsys, "check_pup_head", checks.check_pup_head, ns["PUPHead"])
+    assert_passes_quietly(capsys, "check_pup_head", checks.check_pup_head, reference_pup)
+
+
+def test_pup_cells_fit_the_notebook():
+    assert_pending_cells_fit("03_vit_and_setr")
+
+
+def test_pup_unsolved_raises_not_implemented():
+    assert_stub_passes_through(checks.check_pup_head, Stub)
+
+
+@pytest.mark.parametrize("bug,match", [
+    (dict(order="up_conv"), "upsampled before every conv"),
+    (dict(order="at_once"), "one jump at the end"),
+    (dict(mode="nearest"), "nearest-neighbour"),
+    (dict(align_corners=True), "align_corners=True"),
+    (dict(norm=False), "not normalised"),
+    (dict(relu=False), "ReLU"),
+])
+def test_pup_mistakes(bug, match):
+    fails(checks.check_pup_head, pup_with(bug=bug), match)
+
+
+def test_pup_structure_mistakes():
+    fails(checks.check_pup_head, lambda d, k, c, p: PUPVariant(d, k, c, 16), r"unexpected convs\.3")  # always 4 stages
+    fails(checks.check_pup_head, pup_with(bias=False), r"missing convs\.0\.conv\.bias(.|\n)*Hint: .*bias=True",
+          hint=True)
+    fails(checks.check_pup_head, pup_with(eps=1e-5), r"`norm` is a LayerNorm with eps=1e-05.*eps=1e-06")
+    fails(checks.check_pup_head, lambda d, k, c, p: PUPVariant(d, k, c, p) if p in (4, 8, 16) else None,
+          "should raise ValueError")
+
+
+# ---------------------------------------------------------------------------- holes closed: stochastic depth
+class ViTBlockNoDropPath(setr.Block):
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class ViTBlockDropout(setr.Block):
+    def __init__(self, dim, num_heads, mlp_ratio, drop_path):
+        super().__init__(dim, num_heads, mlp_ratio, drop_path)
+        self.drop_path = nn.Dropout(drop_path)
+
+
+def test_vit_block_stochastic_depth():
+    fails(checks.check_vit_block, ViTBlockNoDropPath, "no stochastic depth")
+    fails(checks.check_vit_block, ViTBlockDropout, "not single elements")
+
+
+def test_vit_block_eps():
+    class DefaultEps(setr.Block):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.norm1 = nn.LayerNorm(self.norm1.normalized_shape[0])
+
+    fails(checks.check_vit_block, DefaultEps, r"`norm1` is a LayerNorm with eps=1e-05.*eps=1e-06")

@@ -119,3 +119,62 @@ def test_patch_merging_mistakes():
     fails(checks.check_patch_merging, MergeRowMajor, "x0, x2, x1, x3")
     fails(checks.check_patch_merging, MergeUnfold, "nn.Unfold")
     fails(checks.check_patch_merging, MergeWithBias, "unexpected reduction.bias")
+
+
+# ---------------------------------------------------------------------------- any map size (design exercise)
+import torch.nn.functional as F  # noqa: E402
+
+from check_contract import assert_pending_cells_fit, exec_exercise  # noqa: E402
+from segedu.checks.swin import _any_size  # noqa: E402
+
+
+def any_size_by_hand(x, attn, ws, shift):
+    """Another correct version: zeros concatenated by hand, partition / mask / reverse written out, no F.pad."""
+    B, H, W, C = x.shape
+    Hp, Wp = -(-H // ws) * ws, -(-W // ws) * ws
+    y = torch.cat([x, x.new_zeros(B, Hp - H, W, C)], dim=1)
+    y = torch.cat([y, y.new_zeros(B, Hp, Wp - W, C)], dim=2)
+    if shift:
+        y = y.roll((-shift, -shift), dims=(1, 2))
+    windows = rearrange(y, "b (nh wh) (nw ww) c -> (b nh nw) (wh ww) c", wh=ws, ww=ws)
+    windows = attn(windows, ssf.shift_window_mask(Hp, Wp, ws, shift) if shift else None)
+    y = rearrange(windows, "(b nh nw) (wh ww) c -> b (nh wh) (nw ww) c", b=B, nh=Hp // ws, wh=ws)
+    if shift:
+        y = y.roll((shift, shift), dims=(1, 2))
+    return y[:, :H, :W]
+
+
+def test_any_size_solution_and_an_alternative_pass(capsys):
+    ns = exec_exercise("04_swin_and_ssformer", "ex04-window-attention-any-size", ssf=ssf,
+                       shifted_window_attention=attention_with())
+    for fn in (ns["window_attention_any_size"], any_size_by_hand):
+        assert_passes_quietly(capsys, "check_window_attention_any_size", checks.check_window_attention_any_size, fn)
+
+
+def test_any_size_cells_fit_the_notebook():
+    assert_pending_cells_fit("04_swin_and_ssformer")
+
+
+def test_any_size_unsolved_raises_not_implemented():
+    assert_stub_passes_through(checks.check_window_attention_any_size, stub)
+
+
+@pytest.mark.parametrize("bug,match", [
+    (dict(pad="top_left", crop="matching"), "padded at the top and the left"),
+    (dict(crop="bottom_right"), "crop keeps the wrong corner"),
+    (dict(pad="after_roll"), "rolled before it was padded"),
+    (dict(pad="replicate"), "repeats the border tokens"),
+    (dict(pad="extra_window"), "a whole window of padding"),
+    (dict(mask=False), "without the mask"),
+])
+def test_any_size_mistakes(bug, match):
+    fails(checks.check_window_attention_any_size, lambda x, a, ws, s: _any_size(x, a, ws, s, **bug), match)
+
+
+def test_any_size_shape_mistakes():
+    def no_crop(x, attn, ws, shift):
+        H, W = x.shape[1:3]
+        return attention_with()(F.pad(x, (0, 0, 0, (-W) % ws, 0, (-H) % ws)), attn, ws, shift)
+
+    fails(checks.check_window_attention_any_size, no_crop, r"10x13 map came back as \(12, 16\)")
+    fails(checks.check_window_attention_any_size, no_crop, r"Hint: Crop the result back", hint=True)

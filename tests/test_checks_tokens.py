@@ -94,7 +94,8 @@ def test_vit_embedding_mistakes():
             super().__init__(c, d, p, grid)
             self.patch_embed = nn.Sequential()
             self.patch_embed.proj = nn.Conv2d(c, d, p, stride=p)
-    fails(checks.check_vit_embedding, NamedProj, r"missing patch_embed.weight(.|\n)*Hint: The patch projection")
+    fails(checks.check_vit_embedding, NamedProj, r"missing patch_embed.weight(.|\n)*Hint: The patch projection",
+          hint=True)
 
 
 def _resize(mode="bilinear", align_corners=False, keep_cls=True, fold="ok"):

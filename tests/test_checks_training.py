@@ -91,3 +91,77 @@ def test_random_resize_flip_mistakes():
     fails(check, lambda i, m, s, p=0.5: (TF.resize(i, list(s), interpolation=InterpolationMode.NEAREST),
                                          random_resize_flip(i, m, s, 0.0)[1]), "resized by nearest neighbour")
     fails(check, lambda i, m, s, p=0.5: random_resize_flip(i, m, s, p)[0], "return a pair")
+
+
+# ---------------------------------------------------------------------------- parameter groups (design exercise)
+from segedu.optim import official_name, param_groups  # noqa: E402
+
+from check_contract import assert_pending_cells_fit, exec_exercise  # noqa: E402
+
+
+def one_group_per_parameter(model, lr, weight_decay, head_lr_mult, no_decay_keywords=("norm",)):
+    """Correct, grouped differently: one group per parameter, segedu's settings copied."""
+    out = []
+    for g in param_groups(model, lr, weight_decay, head_lr_mult, no_decay_keywords):
+        out += [{"params": [p], "lr": g["lr"], "weight_decay": g["weight_decay"]} for p in g["params"]]
+    return out
+
+
+def groups_by(choose, include_frozen=False):
+    """Groups from choose(official name, segedu name, parameter, keys, no_decay_keywords) -> (lr_mult, decay_mult)."""
+    def fn(model, lr, weight_decay, head_lr_mult, no_decay_keywords=("norm",)):
+        keys = {k: (1.0, 0.0) for k in no_decay_keywords}
+        if head_lr_mult != 1.0:
+            keys["head"] = (head_lr_mult, 1.0)
+        out = []
+        for n, p in model.named_parameters():
+            if p.requires_grad or include_frozen:
+                lr_mult, decay_mult = choose(official_name(n), n, p, keys)
+                out.append({"params": [p], "lr": lr * lr_mult, "weight_decay": weight_decay * decay_mult})
+        return out
+    return fn
+
+
+def _first(order, text, keys):
+    return keys.get(next((k for k in order if k in text), None), (1.0, 1.0))
+
+
+def _mmcv(keys):
+    return sorted(sorted(keys), key=len, reverse=True)
+
+
+def test_param_groups_solution_and_an_alternative_pass(capsys):
+    ns = exec_exercise("07_training", "ex07-param-groups")
+    for fn in (ns["param_groups"], one_group_per_parameter):
+        assert_passes_quietly(capsys, "check_param_groups", checks.check_param_groups, fn)
+
+
+def test_param_groups_cells_fit_the_notebook():
+    assert_pending_cells_fit("07_training")
+
+
+def test_param_groups_unsolved_raises_not_implemented():
+    assert_stub_passes_through(checks.check_param_groups, stub)
+
+
+@pytest.mark.parametrize("choose,match", [
+    (lambda o, n, p, keys: (keys["head"][0] if "head" in keys and "head" in o else 1.0,
+                            0.0 if any(k in o for k in keys if k != "head") else 1.0), "got both keys"),
+    (lambda o, n, p, keys: _first(list(keys), o, keys), "in the order they were given"),
+    (lambda o, n, p, keys: _first(_mmcv(keys), n, keys), "matched against segedu's names"),
+    (lambda o, n, p, keys: _first([k for k in _mmcv(keys) if k != "head"], o, keys), "'head' key is missing"),
+    (lambda o, n, p, keys: (_first(_mmcv(keys), o, keys)[0], 0.0 if p.ndim <= 1 else _first(_mmcv(keys), o, keys)[1]),
+     "every 1-D parameter"),
+    (lambda o, n, p, keys: (_first(["head"] if "head" in keys else [], o, keys)[0], 1.0), "keywords are ignored"),
+])
+def test_param_groups_mistakes(choose, match):
+    fails(checks.check_param_groups, groups_by(choose), match)
+
+
+def test_param_groups_membership_mistakes():
+    correct = lambda o, n, p, keys: _first(_mmcv(keys), o, keys)  # noqa: E731
+    fails(checks.check_param_groups, groups_by(correct, include_frozen=True), r"\['encoder.frozen'\] has requires_grad")
+    fails(checks.check_param_groups, lambda m, *a: groups_by(correct)(m, *a)[1:], "are in no group")
+    fails(checks.check_param_groups, lambda m, *a: groups_by(correct)(m, *a) + [{"params": [m.encoder.attn.weight]}],
+          "refused the groups")
+    fails(checks.check_param_groups, lambda m, *a: {"params": list(m.parameters())}, "return a list of dicts")

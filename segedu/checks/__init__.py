@@ -9,10 +9,13 @@ Every ``check_*`` function follows the same recipe:
 3. compare outputs on a few small random inputs (non-square, several heads / reduction ratios);
 4. on a mismatch, recompute the output with each classic mistake and, if one matches, name it.
 
-A failed check raises ``AssertionError`` whose message says what was expected and, where it can,
-which bug produced the output; a passed check prints one line. An unsolved exercise (a stub that
-raises ``NotImplementedError``, as nbgrader's student version does) lets that error through unchanged. The checks are deterministic, so a
-notebook that calls them prints the same thing on every machine.
+A failed check raises ``AssertionError`` whose message names the concept that went wrong (where it can,
+the classic mistake that reproduces the output) and where to read about it (paper section, equation, the
+official code); the fix itself comes as a last line ``Hint: ...`` only when the same check fails the same way
+again, or when it is called with ``hint=True`` (``_core.teaches``). A passed check prints one line. Modules and
+blocks with stochastic depth are also probed in training mode, and norms must have the official eps. An unsolved
+exercise (a stub that raises ``NotImplementedError``, as nbgrader's student version does) lets that error through
+unchanged. The checks are deterministic, so a notebook that calls them prints the same thing on every machine.
 
 One module per notebook; every ``check_*`` is re-exported here (``from segedu.checks import check_mix_ffn``).
 """

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from ._core import _reference_and_yours, _diagnose, _expect_tensor, _fail, _passed, _run, _seeded
+from ._core import teaches, _reference_and_yours, _diagnose, _expect_tensor, _fail, _passed, _run, _seeded
 
 __all__ = ["check_scaled_dot_product_attention", "check_multi_head_self_attention"]
 
@@ -28,6 +28,7 @@ def _attend(q, k, v, mask=None, *, scale: str = "sqrt", softmax_dim: int = -1, m
     return weights @ v
 
 
+@teaches('Attention Is All You Need (Vaswani et al. 2017) Sec. 3.2.1, Eq. 1')
 def check_scaled_dot_product_attention(fn: Callable) -> None:
     """``fn(q [..., N, d], k [..., M, d], v [..., M, d_v], mask=None) -> [..., N, d_v]`` (Vaswani et al. Eq. 1).
 
@@ -56,9 +57,10 @@ def check_scaled_dot_product_attention(fn: Callable) -> None:
                          f"weights @ v, shape {list(expected.shape)}")
         out = _expect_tensor(label, out, tuple(expected.shape), "The output has one row per query and v's width.")
         if masked and not torch.isfinite(out).all():
-            _fail(label, "the output has inf or NaN: the mask must act on the scores before the softmax (set the "
-                         "masked scores to -inf, then the softmax gives them weight 0); adding -inf after the "
-                         "softmax poisons the weighted sum.")
+            _fail(label, "the output has inf or NaN: the mask was applied after the softmax, where adding -inf "
+                         "poisons the weighted sum.",
+                  "the mask acts on the scores before the softmax: set the masked scores to -inf, and the softmax "
+                  "gives them weight 0.")
         f = lambda **bug: _attend(q, k, v, mask, **bug)  # noqa: E731
         candidates = [
             ("the scores are not scaled: divide q k^T by sqrt(d) before the softmax (Eq. 1).", lambda: f(scale="none")),
@@ -98,6 +100,7 @@ def _mhsa(p: dict, x: torch.Tensor, heads: int, *, scale: str = "head", split: s
     return F.linear(out, p["proj.weight"], p["proj.bias"]) if proj else out
 
 
+@teaches('Vaswani et al. 2017 Sec. 3.2.2 (multi-head attention); segedu.layers.MultiHeadSelfAttention')
 def check_multi_head_self_attention(cls: type) -> None:
     """``cls(dim, num_heads)``; ``forward(x [B, N, C]) -> [B, N, C]``.
 

@@ -5,7 +5,7 @@ from typing import Callable
 
 import torch
 
-from ._core import (_diagnose, _expect_tensor, _fail, _passed,
+from ._core import (teaches, _diagnose, _expect_tensor, _fail, _passed,
                     _run)
 
 __all__ = ["check_reduce_zero_label", "check_pixel_accuracy", "check_iou"]
@@ -13,6 +13,8 @@ __all__ = ["check_reduce_zero_label", "check_pixel_accuracy", "check_iou"]
 # ----------------------------------------------------------------------------------------------
 # 00: labels and metrics
 # ----------------------------------------------------------------------------------------------
+@teaches("mmsegmentation's LoadAnnotations(reduce_zero_label=True) for ADE20K (architectures.md §5.1) and "
+         "segedu.data.reduce_zero_label")
 def check_reduce_zero_label(fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
     """``fn(mask) -> mask``: ADE20K PNG values to class indices (0 -> 255, v -> v - 1, 255 stays 255).
 
@@ -39,8 +41,8 @@ def check_reduce_zero_label(fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
             ("it looks like reduce_zero_label was applied twice: raw 1 (wall) became 255 and 2 became 0. "
              "Masks from SegmentationFolder(reduce_zero_label=True) are already reduced.",
              lambda: ref(ref(mask)).long()),
-            ("0 (unlabeled) must become 255, the ignore index; here it became -1. Shift first, then set the "
-             "old zeros to 255.", lambda: x - 1),
+            (("0 (unlabeled) must become 255, the ignore index; here it became -1.",
+              "shift first, then set the old zeros to 255."), lambda: x - 1),
             ("0 (unlabeled) must become 255, but the classes were not shifted: v must become v - 1 "
              "(1 = wall -> class 0).", lambda: torch.where(x == 0, 255, x)),
             ("the ignore value 255 must stay 255 (it becomes 254 after the shift: map it back).",
@@ -63,6 +65,7 @@ def _iou_from(inter, pred_count, label_count):
     return inter / (pred_count + label_count - inter)
 
 
+@teaches("aAcc in mmsegmentation's IoUMetric (architectures.md §5.4) and segedu.metrics.SegMetrics")
 def check_pixel_accuracy(fn: Callable[..., float]) -> None:
     """``fn(pred, target, ignore_index=255) -> float``: correct / labelled pixels, ignoring 255."""
     where = "check_pixel_accuracy"
@@ -95,6 +98,8 @@ def check_pixel_accuracy(fn: Callable[..., float]) -> None:
     _passed(where, n, "segedu.metrics.SegMetrics (aAcc)")
 
 
+@teaches("IoU = TP / (TP + FP + FN) per class, summed over the dataset (mmsegmentation's IoUMetric, "
+         "architectures.md §5.4) and segedu.metrics.SegMetrics")
 def check_iou(fn: Callable[..., torch.Tensor]) -> None:
     """``fn(pred, target, num_classes, ignore_index=255) -> Tensor[num_classes]``: per-class IoU.
 
@@ -140,7 +145,8 @@ def check_iou(fn: Callable[..., torch.Tensor]) -> None:
              "whose label is ignore_index before counting.", lambda: _iou_from(inter, all_pred, label)),
             ("a class absent from both prediction and label must be NaN (undefined), not 0, so that nanmean "
              "skips it.", lambda: torch.nan_to_num(expected, nan=0.0)),
-            ("the union is |P| + |L| - |P and L|: the intersection was not subtracted.",
+            (("the intersection was not subtracted from |P| + |L|, so the pixels in both count twice in the "
+              "union.", "the union is |P| + |L| - |P and L|."),
              lambda: inter / (pcount + label)),
             ("that is the Dice / F1 score 2|P and L| / (|P| + |L|), not the IoU.",
              lambda: 2 * inter / (pcount + label)),

@@ -7,14 +7,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._core import _diagnose, _expect_tensor, _fail, _passed, _randomize_, _run, _seeded
+from ._core import teaches, _diagnose, _expect_tensor, _fail, _passed, _randomize_, _run, _seeded
 
-__all__ = ["check_confusion_iou", "check_slide_logits"]
+__all__ = ["check_confusion_iou", "check_slide_logits", "check_ms_flip"]
 
 
 # ----------------------------------------------------------------------------------------------
 # Confusion matrix and per-class IoU (mmseg IoUMetric, architectures.md section 5.4)
 # ----------------------------------------------------------------------------------------------
+@teaches("mmsegmentation's IoUMetric (architectures.md §5.4); segedu.metrics.SegMetrics")
 def check_confusion_iou(confusion_fn: Callable[..., torch.Tensor], iou_fn: Callable[..., torch.Tensor]) -> None:
     """``confusion_fn(pred [B, H, W], target [B, H, W], num_classes, ignore_index=255) -> int64 [K, K]``
     (rows: label, columns: prediction) and ``iou_fn(confusion [K, K]) -> float [K]`` (NaN where a
@@ -74,7 +75,8 @@ def check_confusion_iou(confusion_fn: Callable[..., torch.Tensor], iou_fn: Calla
         _diagnose(where + " (IoU)", iou.double(), exp_iou, [
             ("a class absent from both label and prediction must be NaN (0 / 0: undefined), not 0, so that "
              "nanmean leaves it out of the mIoU.", lambda: torch.nan_to_num(exp_iou, nan=0.0)),
-            ("the union is (row sum) + (column sum) - diagonal: the intersection was not subtracted.",
+            (("the intersection was not subtracted from (row sum) + (column sum), so the diagonal counts twice in "
+              "the union.", "the union is (row sum) + (column sum) - diagonal."),
              lambda: inter / (pcount + label)),
             ("that is the class accuracy diag / row sum (recall), not the IoU.", lambda: inter / label),
             ("that is diag / column sum (precision), not the IoU.", lambda: inter / pcount),
@@ -135,6 +137,7 @@ def _slide(model, image, crop, stride, k, *, align_last=True, grid="mmseg", divi
     return canvas / count if divide else canvas
 
 
+@teaches("mmsegmentation's slide_inference (architectures.md §5.3); segedu.evaluate.slide_logits")
 def check_slide_logits(fn: Callable[..., torch.Tensor]) -> None:
     """``fn(model, image [B, 3, H, W], crop_size, stride, num_classes) -> logits [B, K, H, W]``.
 
@@ -183,3 +186,102 @@ def check_slide_logits(fn: Callable[..., torch.Tensor]) -> None:
                   "Expected the mean of the logits of every window covering each pixel.")
         n += 1
     _passed(where, n, "segedu.evaluate.slide_logits")
+
+
+# ----------------------------------------------------------------------------------------------
+# Multi-scale + flip (mmseg aug_test, architectures.md section 5.2)
+# ----------------------------------------------------------------------------------------------
+def _ms_flip(model: nn.Module, image: torch.Tensor, scales, flip: bool, *, average: str = "probs",
+             resize_probs: bool = False, unflip: bool = True, vertical: bool = False, rounding: str = "half_up",
+             image_mode: str = "bilinear", align_corners: bool = False, divide: str = "passes") -> torch.Tensor:
+    """Multi-scale + flip written out, with switches that reproduce the classic mistakes."""
+    H, W = image.shape[-2:]
+    dim = -2 if vertical else -1
+
+    def resize(t, size, mode="bilinear"):
+        if tuple(t.shape[-2:]) == tuple(size):
+            return t
+        kw = {"align_corners": align_corners} if mode == "bilinear" else {}
+        return F.interpolate(t, size=tuple(size), mode=mode, **kw)
+
+    def one(x):
+        logits = model(x)
+        if average == "logits":
+            return resize(logits, (H, W))
+        if resize_probs:
+            return resize(logits.softmax(1), (H, W))
+        return resize(logits, (H, W)).softmax(1)
+
+    total, passes = 0, 0
+    for r in scales:
+        size = (int(H * r + 0.5), int(W * r + 0.5)) if rounding == "half_up" else (int(H * r), int(W * r))
+        x = resize(image, size, image_mode)
+        total = total + one(x)
+        passes += 1
+        if flip:
+            y = one(x.flip(dim))
+            total = total + (y.flip(dim) if unflip else y)
+            passes += 1
+    mean = total / (passes if divide == "passes" else len(scales))
+    return mean.softmax(1) if average == "logits" else mean
+
+
+@teaches("mmsegmentation's aug_test (architectures.md §5.2: every scale and its mirror, each pass's softmax at the "
+         "label size, averaged) and the papers' 'MS' results; segedu.evaluate.ms_flip_logits")
+def check_ms_flip(fn: Callable[..., torch.Tensor]) -> None:
+    """``fn(model, image [B, 3, H, W], scales, flip=True) -> mean class probabilities [B, K, H, W]``.
+
+    For each ratio r: the image resized bilinearly (align_corners=False) to (int(H * r + 0.5), int(W * r + 0.5)),
+    run whole; with ``flip`` its horizontal mirror too, the logits mirrored back. Each pass's logits resized
+    bilinearly to H x W, then softmax over the classes; the mean over all passes. Compared with
+    segedu.evaluate.ms_flip_logits on a small model that predicts at half resolution and is not mirror-symmetric.
+    """
+    from ..evaluate import ms_flip_logits
+
+    where = "check_ms_flip"
+    # (B, K, H, W, scales, flip): fractional scaled sizes (x.25 and x.75), exact ones, no flip
+    cases = [(1, 4, 13, 17, (0.75, 1.0, 1.25), True), (2, 3, 10, 14, (0.5, 1.5), True),
+             (1, 5, 12, 9, (1.0, 0.75), False)]
+    for i, (b, k, height, width, scales, flip) in enumerate(cases):
+        with _seeded(95 + i):
+            model = _randomize_(_PositionSensitiveNet(k), 95 + i).eval()
+            image = torch.randn(b, 3, height, width)
+        image_in = image.clone()
+        out = _run(where, fn, model, image_in, scales, flip)
+        if not torch.equal(image_in, image):
+            _fail(where, "the input image was modified in place",
+                  "x.flip(-1) and F.interpolate return new tensors: use their results.")
+        label = f"{where} (scales {scales}, flip={flip}, {height}x{width})"
+        out = _expect_tensor(label, out, (b, k, height, width),
+                             "One probability map per class at the input size: [B, K, H, W].")
+        with torch.no_grad():
+            expected = ms_flip_logits(model, image, scales, flip=flip)
+            f = lambda **bug: _ms_flip(model, image, scales, flip, **bug)  # noqa: E731
+            candidates = [
+                (("the logits were averaged over the passes; ms+flip averages the softmax probabilities, so that "
+                  "a pass with large logits does not outvote the others.",
+                  "Take softmax(1) of each pass (after resizing its logits to H x W) and average those."),
+                 lambda: f(average="logits")),
+                (("each pass's softmax was taken at the model's output size and then resized; mmseg resizes the "
+                  "logits to the label size first, then takes the softmax.",
+                  "softmax(F.interpolate(logits, size=(H, W), mode='bilinear', align_corners=False), dim=1)."),
+                 lambda: f(resize_probs=True)),
+                (("the mirrored pass is not mirrored back: its probabilities sit at mirrored positions.",
+                  "Flip the mirrored pass's output back along the width (dim -1) before adding it."),
+                 lambda: f(unflip=False)),
+                (("the flip is vertical; ms+flip mirrors left-right, as the training pipeline's RandomFlip does.",
+                  "x.flip(-1) (the width axis) for the image and for the output."), lambda: f(vertical=True)),
+                (("the scaled sizes are truncated (int(H * r)); mmcv rounds them: int(H * r + 0.5).",
+                  "size = (int(H * r + 0.5), int(W * r + 0.5))."), lambda: f(rounding="floor")),
+                ("the image is resized by nearest neighbour; ms+flip resizes it bilinearly (align_corners=False).",
+                 lambda: f(image_mode="nearest")),
+                ("the resizing uses align_corners=True; mmseg resizes with align_corners=False.",
+                 lambda: f(align_corners=True)),
+                (("the sum of the probabilities is divided by the number of scales, not by the number of passes "
+                  "(two per scale with flip): the result no longer sums to 1 over the classes.",
+                  "Divide by len(scales) * (2 if flip else 1)."), lambda: f(divide="scales")),
+            ]
+            _diagnose(label, out, expected, candidates,
+                      "Expected the mean over scales (and mirrors) of softmax(resize(logits of the resized image, "
+                      "(H, W)), dim=1).")
+    _passed(where, len(cases), "segedu.evaluate.ms_flip_logits")

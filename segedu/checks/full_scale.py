@@ -5,7 +5,7 @@ from typing import Callable
 
 import torch
 
-from ._core import _diagnose, _fail, _passed
+from ._core import teaches, _diagnose, _fail, _passed
 
 __all__ = ["check_batch_plan", "check_eta_seconds"]
 
@@ -32,6 +32,8 @@ def _plan(total: int, world: int, max_micro: int) -> tuple[int, int]:
     return micro, share // micro
 
 
+@teaches("the recipe's batch as world size x per-GPU batch x accumulation (architectures.md §3.4); "
+         "segedu.train.accumulation_steps")
 def check_batch_plan(fn: Callable[[int, int, int], tuple[int, int]]) -> None:
     """``fn(total_batch, world_size, max_micro_batch) -> (micro_batch, accumulation)``.
 
@@ -61,13 +63,13 @@ def check_batch_plan(fn: Callable[[int, int, int], tuple[int, int]]) -> None:
         floor_micro = min(fits, share)
         setting = f"total batch {total}, world size {world}, at most {fits} samples per pass"
         candidates = [
-            (f"off by the world size: with {world} processes each one takes only total / world = {share} "
-             f"samples per step; your plan makes every process accumulate the whole batch of {total}, so the "
-             f"step sees world x {total} = {world * total} samples.",
+            ((f"off by the world size: your plan makes every one of the {world} processes accumulate the whole "
+              f"batch of {total}, so the step sees world x {total} = {world * total} samples.",
+              f"each process takes only total / world = {share} samples per step."),
              lambda: torch.tensor([_largest_divisor(total, fits), total // _largest_divisor(total, fits)],
                                   dtype=torch.float64)),
-            (f"off by the world size: accumulation = total / micro_batch ignores the {world} processes; "
-             f"it is total / (world x micro_batch).",
+            ((f"off by the world size: accumulation = total / micro_batch ignores the {world} processes.",
+              "accumulation = total / (world x micro_batch)."),
              lambda: torch.tensor([micro, total // micro], dtype=torch.float64)),
             ("the world size is divided out twice: the share total / world is already per process, so "
              "accumulation = share / micro_batch.",
@@ -129,6 +131,8 @@ def _fake_log(n: int, every: int, start_up: float, per_step: float, eval_at: int
     return records
 
 
+@teaches("notebook 10 section on logs: the metrics.jsonl records segedu.train writes (segedu.logs.read_log); the "
+         "rate over the last intervals, not since the start")
 def check_eta_seconds(fn: Callable[..., float]) -> None:
     """``fn(train_records, total_iters, window=5) -> float``: seconds until ``total_iters``.
 
@@ -160,7 +164,8 @@ def check_eta_seconds(fn: Callable[..., float]) -> None:
             ("the rate is averaged since the start (seconds / step of the last record): that includes the "
              "start-up of the first interval (data workers, torch.compile); use the last `window` intervals.",
              lambda: torch.tensor(_eta(records, total, window, since_start=True), dtype=torch.float64)),
-            (f"the rate multiplies all {total} iterations; only total_iters - {last} remain.",
+            ((f"the rate multiplies all {total} iterations, but only total_iters - {last} remain.",
+              "multiply the seconds per iteration by total_iters - records[-1]['step']."),
              lambda: torch.tensor(_eta(records, total, window, remaining=False), dtype=torch.float64)),
             ("the rate is per record, not per iteration: records come every 10 (or more) iterations, so divide "
              "the seconds by the difference of their `step` values.",

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ._core import _diagnose, _expect_tensor, _fail, _passed, _randomize_, _seeded
+from ._core import teaches, _diagnose, _expect_tensor, _fail, _passed, _randomize_, _seeded
 
 __all__ = ["check_erf_map", "check_window_attention_flops"]
 
@@ -51,6 +51,8 @@ def _erf_reference(model: nn.Module, images: torch.Tensor, *, centre: str = "flo
     return erf / erf.abs().max() if normalise else erf
 
 
+@teaches("Luo et al. 2016 (effective receptive field: the gradient of the centre output w.r.t. the input) and "
+         "SegFormer Sec. 3.3 / Fig. 3")
 def check_erf_map(fn: Callable) -> None:
     """``fn(model, images [B, 3, H, W]) -> erf [H, W]``.
 
@@ -75,8 +77,8 @@ def check_erf_map(fn: Callable) -> None:
             _fail(where, f"calling it with a conv net and images {tuple(images.shape)} raised "
                          f"{type(err).__name__}: {err}")
         if images_in.requires_grad or not torch.equal(images_in, images):
-            _fail(where, "the caller's images were changed (requires_grad set or values modified); take the "
-                         "gradient with respect to a copy: x = images.clone().requires_grad_(True)")
+            _fail(where, "the caller's images were changed (requires_grad set or values modified)",
+                  "take the gradient with respect to a copy: x = images.clone().requires_grad_(True).")
         if isinstance(out, torch.Tensor):
             out = out.detach()
             if tuple(out.shape) == (B, H, W):
@@ -126,6 +128,7 @@ def _measured_window_attention_flops(h: int, w: int, dim: int, window_size: int)
     return counter.get_total_flops()
 
 
+@teaches('Swin Sec. 3.2, Eq. 1-2 (the cost of global and window attention)')
 def check_window_attention_flops(fn: Callable) -> None:
     """``fn(h, w, dim, window_size) -> int``: the FLOPs of one window attention layer on an ``h x w`` map.
 

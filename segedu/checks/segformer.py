@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._core import (_reference_and_yours, _diagnose, _expect_tensor, _fail, _passed,
+from ._core import (teaches, _probe_stochastic_depth, _reference_and_yours, _diagnose, _expect_tensor, _fail, _passed,
                     _run, _seeded, _to_map, _to_tokens)
 
 __all__ = ["check_overlap_patch_embed", "check_efficient_attention", "check_mix_ffn", "check_block",
@@ -16,6 +16,8 @@ __all__ = ["check_overlap_patch_embed", "check_efficient_attention", "check_mix_
 # ----------------------------------------------------------------------------------------------
 # 05a: overlapped patch embedding, efficient self-attention
 # ----------------------------------------------------------------------------------------------
+@teaches("SegFormer Sec. 3.1 (overlapped patch merging: K, S, P = 7, 4, 3 and 3, 2, 1); "
+         "segedu.models.segformer.OverlapPatchEmbed")
 def check_overlap_patch_embed(cls: type) -> None:
     """``cls(in_channels, dim, patch_size, stride)``; ``forward(x) -> (tokens [B, N, C], (h, w))``."""
     from ..models.segformer import OverlapPatchEmbed
@@ -46,8 +48,10 @@ def check_overlap_patch_embed(cls: type) -> None:
         unpadded = ((H - k) // s + 1) * ((W - k) // s + 1)
         if isinstance(got, torch.Tensor) and got.ndim == 3 and got.shape[1] == unpadded and unpadded != tokens.shape[1]:
             _fail(where, f"{got.shape[1]} tokens for a {H}x{W} input, expected ceil({H}/{s}) x ceil({W}/{s}) = "
-                         f"{h}x{w} = {h * w}: pad the conv with patch_size // 2 = {k // 2}, which makes the token grid "
-                         f"ceil(H / stride) x ceil(W / stride)")
+                         f"{h}x{w} = {h * w}: the overlapping patch embedding loses the border (the conv is not "
+                         f"padded)",
+                  f"pad the conv with patch_size // 2 = {k // 2}, which makes the token grid ceil(H / stride) x "
+                  f"ceil(W / stride).")
         got = _expect_tensor(where, got, tuple(tokens.shape))
         try:
             hw_ok = tuple(int(v) for v in hw) == (h, w)
@@ -111,6 +115,8 @@ def _esa_reference(p: dict, x: torch.Tensor, hw: tuple[int, int], heads: int, sr
     return F.linear(out, p["proj.weight"], p["proj.bias"])
 
 
+@teaches("SegFormer Sec. 3.1, Eq. 1-2 (efficient self-attention, sequence reduction R); "
+         "segedu.models.segformer.EfficientSelfAttention")
 def check_efficient_attention(cls: type) -> None:
     """``cls(dim, num_heads, sr_ratio)``; ``forward(x [B, N, C], (h, w)) -> [B, N, C]``.
 
@@ -181,6 +187,7 @@ def _mix_ffn_reference(p: dict, x: torch.Tensor, hw: tuple[int, int], *, order: 
     return out + x if residual else out
 
 
+@teaches('SegFormer Sec. 3.1, Eq. 3 (Mix-FFN); segedu.models.segformer.MixFFN')
 def check_mix_ffn(cls: type) -> None:
     """``cls(dim, hidden_dim)``; ``forward(x [B, N, C], (h, w)) -> [B, N, C]``.
 
@@ -225,11 +232,14 @@ def check_mix_ffn(cls: type) -> None:
     _passed(where, len(cases), "segedu.models.segformer.MixFFN")
 
 
+@teaches("SegFormer Sec. 3.1 (a pre-norm transformer block with efficient attention and Mix-FFN, stochastic depth "
+         "in the official mix_transformer.py); segedu.models.segformer.Block")
 def check_block(cls: type) -> None:
     """``cls(dim, num_heads, sr_ratio, mlp_ratio, drop_path)``; ``forward(x, (h, w)) -> x``.
 
     Pre-norm: ``x = x + attn(norm1(x), hw)``, then ``x = x + mlp(norm2(x), hw)`` with
-    ``attn`` an EfficientSelfAttention and ``mlp`` a MixFFN(dim, dim * mlp_ratio).
+    ``attn`` an EfficientSelfAttention and ``mlp`` a MixFFN(dim, dim * mlp_ratio), each branch wrapped in
+    DropPath(drop_path) (stochastic depth, probed in training mode); ``norm1``/``norm2`` LayerNorm(dim, eps=1e-6).
     """
     from ..models.segformer import Block
 
@@ -288,14 +298,25 @@ def check_block(cls: type) -> None:
         ]
         _diagnose(f"{where} (dim={args[0]}, heads={args[1]}, sr={args[2]})", out, expected, candidates,
                   "Expected x = x + attn(norm1(x), hw); x = x + mlp(norm2(x), hw).")
+    # Training mode: stochastic depth on both residual branches (eval mode above cannot see it).
+    with _seeded(49):
+        ref, mine = _reference_and_yours(Block, cls, (16, 2, 2, 2, 0.5), 49, where, hints)
+        x = torch.randn(32, 4 * 6, 16)
+    hw = (4, 6)
+    _probe_stochastic_depth(where, lambda t: mine.train()(t, hw), x,
+                            [lambda t: ref.attn(ref.norm1(t), hw), lambda t: ref.mlp(ref.norm2(t), hw)], 0.5, 48)
     _passed(where, len(cases), "segedu.models.segformer.Block")
 
 
+@teaches("SegFormer Sec. 3.1 (hierarchical encoder; its stages in the official mix_transformer.py: patch "
+         "embedding, blocks with linearly growing drop-path rates, LayerNorm eps 1e-6); "
+         "segedu.models.segformer.MiTStage")
 def check_mit_stage(cls: type) -> None:
     """``cls(in_channels, dim, depth, num_heads, sr_ratio, mlp_ratio, patch_size, stride, drop_paths)``.
 
     ``forward(x [B, C_in, H, W]) -> [B, dim, ceil(H / stride), ceil(W / stride)]``: ``patch_embed``,
-    the ``blocks`` (a ModuleList), the stage-end LayerNorm ``norm``, back to a feature map.
+    the ``blocks`` (a ModuleList, block i with drop-path rate drop_paths[i], probed in training mode), the stage-end
+    LayerNorm ``norm`` (eps 1e-6, official code), back to a feature map.
     """
     from ..models.segformer import MiTStage
 
@@ -335,6 +356,20 @@ def check_mit_stage(cls: type) -> None:
         candidates.append(("the blocks were given (w, h) instead of (h, w).", blocks_swapped))
         _diagnose(where, out, expected, candidates,
                   "Expected patch_embed -> blocks(tokens, (h, w)) -> norm -> [B, C, h, w].")
+    # Training mode: block i must drop its branches at drop_paths[i] (linearly growing rates, 0 for the first).
+    rates = [0.0, 0.5, 0.8]
+    with _seeded(58):
+        ref, mine = _reference_and_yours(MiTStage, cls, (8, 16, 3, 2, 2, 2, 3, 2, rates), 58, where, hints)
+        x = torch.randn(32, 4 * 6, 16)
+    hw = (4, 6)
+    blocks = getattr(mine, "blocks", None)
+    if not isinstance(blocks, nn.ModuleList) or len(blocks) != len(rates):
+        _fail(where, f"expected `blocks`, an nn.ModuleList of depth = {len(rates)} blocks, got {type(blocks).__name__}")
+    for i, (rate, blk, ref_blk) in enumerate(zip(rates, blocks, ref.blocks)):
+        _probe_stochastic_depth(where, lambda t, blk=blk: blk.train()(t, hw), x,
+                                [lambda t, r=ref_blk: r.attn(r.norm1(t), hw),
+                                 lambda t, r=ref_blk: r.mlp(r.norm2(t), hw)],
+                                rate, 59 + i, f"block {i} of a stage with drop_paths={rates}", other_rates=rates)
     _passed(where, len(cases), "segedu.models.segformer.MiTStage")
 
 
@@ -356,6 +391,8 @@ def _head_reference(ref: nn.Module, feats: list[torch.Tensor], *, order: str = "
     return ref.linear_pred(F.relu(y) if relu else y)
 
 
+@teaches("SegFormer Sec. 3.2, Eq. 4 (the all-MLP decoder) and the official segformer_head.py; "
+         "segedu.models.segformer.SegFormerHead")
 def check_segformer_head(cls: type) -> None:
     """``cls(in_channels, embed_dim, num_classes, dropout)``; ``forward([c1, c2, c3, c4]) -> logits``.
 
@@ -381,9 +418,9 @@ def check_segformer_head(cls: type) -> None:
         expected = _run(where, ref, feats)
         K, (h, w) = args[2], sizes[0]
         if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[-2:] != expected.shape[-2:]:
-            _fail(where, f"logits of spatial size {tuple(out.shape[-2:])}, expected {(h, w)} = the size of c1 "
-                         f"(stride 4): resize c2..c4 to c1's size; the model, not the head, upsamples the logits "
-                         f"to the image")
+            _fail(where, f"logits of spatial size {tuple(out.shape[-2:])}, expected {(h, w)} = the size of c1: "
+                         f"the all-MLP head predicts at stride 4, and the model, not the head, upsamples the logits "
+                         f"to the image", "resize c2..c4 to c1's size.")
         out = _expect_tensor(where, out, (B, K, h, w))
         f = lambda **bug: _head_reference(ref, feats, **bug)  # noqa: E731
         candidates = [
@@ -402,6 +439,8 @@ def check_segformer_head(cls: type) -> None:
     _passed(where, len(cases), "segedu.models.segformer.SegFormerHead")
 
 
+@teaches("architectures.md §5.5 (logits upsampled to the label size, cross-entropy ignoring 255); "
+         "segedu.losses.seg_loss")
 def check_seg_loss(fn: Callable[..., torch.Tensor]) -> None:
     """``fn(logits [B, K, h, w], target [B, H, W], ignore_index=255) -> scalar``.
 
@@ -424,8 +463,8 @@ def check_seg_loss(fn: Callable[..., torch.Tensor]) -> None:
             raise
         except (IndexError, RuntimeError) as err:
             if "out of bounds" in str(err) or "Target" in str(err) or "index" in str(err).lower():
-                _fail(where, f"the loss crashed on label 255 ({type(err).__name__}: {err}). Pass "
-                             f"ignore_index=255 to F.cross_entropy so those pixels are skipped")
+                _fail(where, f"the loss crashed on label 255 ({type(err).__name__}: {err}): the ignored pixels "
+                             f"must be skipped, they are no class", "pass ignore_index=255 to F.cross_entropy.")
             _fail(where, f"raised {type(err).__name__}: {err}")
         except Exception as err:
             _fail(where, f"raised {type(err).__name__}: {err}")

@@ -7,9 +7,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._core import _reference_and_yours, _close, _diagnose, _expect_tensor, _fail, _passed, _run, _seeded
+from ._core import teaches, _reference_and_yours, _close, _diagnose, _expect_tensor, _fail, _passed, _run, _seeded
 
-__all__ = ["check_msca", "check_nmf"]
+__all__ = ["check_msca", "check_nmf", "check_lightham_head"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -34,6 +34,7 @@ def _msca_reference(ref: nn.Module, x: torch.Tensor, *, include_conv0: bool = Tr
     return att  # "none": the attention map itself
 
 
+@teaches('SegNeXt Sec. 3.1, Eq. 1-2 and Fig. 2 (multi-scale convolutional attention); segedu.models.segnext.MSCA')
 def check_msca(cls: type) -> None:
     """``cls(dim)``; ``forward(x [B, C, H, W]) -> [B, C, H, W]``.
 
@@ -70,7 +71,7 @@ def check_msca(cls: type) -> None:
             y = _run(where, conv, x)
             if isinstance(y, torch.Tensor) and tuple(y.shape[-2:]) != (H, W):
                 _fail(where, f"{label} turns a {H}x{W} map into {tuple(y.shape[-2:])}: every conv of MSCA keeps the "
-                             f"size. Pad a 1xk conv with (0, k // 2), a kx1 conv with (k // 2, 0), the 5x5 with 2.")
+                             f"size.", "pad a 1xk conv with (0, k // 2), a kx1 conv with (k // 2, 0), the 5x5 with 2.")
         out = _run(where, mine, x)
         expected = _run(where, ref, x)
         out = _expect_tensor(where, out, tuple(expected.shape))
@@ -127,12 +128,15 @@ def _nmf_reference(x: torch.Tensor, bases: torch.Tensor, steps: int, eps: float,
     return bases, coef
 
 
+@teaches("SegNeXt Sec. 3.2 (the Hamburger) and Hamburger (Geng et al., ICLR 2021; NMF by multiplicative "
+         "updates, Lee & Seung 2001); segedu.models.segnext.NMF2D.factorize")
 def check_nmf(fn: Callable) -> None:
     """``fn(x [n, D, N], bases [n, D, R], steps, eps) -> (bases [n, D, R], coef [n, N, R])``.
 
     ``bases`` arrive as raw uniform draws: L2-normalise them over D, start from
     ``coef = softmax(x^T bases)`` over R, run ``steps`` multiplicative updates (coef first, then the
-    bases with the new coef), then update coef once more. Compared with segedu's ``NMF2D.factorize``.
+    bases with the new coef), then update coef once more. Compared with segedu's ``NMF2D.factorize``: the values,
+    and the gradient with respect to x (it flows through every update, as in segedu and the official code).
     """
     from ..models.segnext import NMF2D
 
@@ -148,7 +152,8 @@ def check_nmf(fn: Callable) -> None:
         x_in, raw_in = x.clone(), raw.clone()
         out = _run(where, fn, x_in, raw_in, steps, eps)
         if not torch.equal(x_in, x) or not torch.equal(raw_in, raw):
-            _fail(where, "the inputs were modified in place; compute new tensors (bases = bases * ..., not bases *= ...)")
+            _fail(where, "the inputs were modified in place, so the caller's matrices changed",
+                  "compute new tensors (bases = bases * ..., not bases *= ...).")
         if not (isinstance(out, (tuple, list)) and len(out) == 2):
             _fail(where, "return a pair (bases, coef)")
         bases, coef = out
@@ -184,4 +189,146 @@ def check_nmf(fn: Callable) -> None:
         _diagnose(label, got, expected, candidates,
                   "Expected: normalise the bases, softmax init, `steps` x (coef update, bases update), one more "
                   "coef update.")
+    _check_nmf_gradient(fn, where, gen)
     _passed(where, len(cases), "segedu.models.segnext.NMF2D.factorize")
+
+
+def _nmf_gradient(fn: Callable, x: torch.Tensor, raw: torch.Tensor, steps: int, weights: tuple) -> tuple:
+    """d(sum(w_b * bases) + sum(w_c * coef)) / dx through ``fn``; (None, why) when no gradient reaches x."""
+    x = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        bases, coef = fn(x, raw.clone(), steps, 1e-6)
+        if not (bases.requires_grad or coef.requires_grad):
+            return None, "nothing"
+        loss = (bases * weights[0]).sum() + (coef * weights[1]).sum()
+        grad, = torch.autograd.grad(loss, x, allow_unused=True)
+    return grad, "some"
+
+
+def _one_step_nmf(x, bases, steps, eps):
+    """The factorisation under no_grad, then only the final coef update with gradients (a one-step gradient)."""
+    from ..models.segnext import NMF2D
+
+    nmf = NMF2D(rank=bases.shape[-1], eps=eps, eval_steps=steps).eval()
+    with torch.no_grad():
+        b = F.normalize(bases, dim=1)
+        c = F.softmax(x.transpose(1, 2) @ b, dim=-1)
+        for _ in range(steps):
+            c = nmf.update_coef(x, b, c)
+            b = nmf.update_bases(x, b, c)
+    return b, nmf.update_coef(x, b, c)
+
+
+def _check_nmf_gradient(fn: Callable, where: str, gen: torch.Generator) -> None:
+    """segedu lets gradients flow through every multiplicative update (the official code's @torch.no_grad() is
+    commented out): the learner's factorisation must give the same gradient with respect to x."""
+    from ..models.segnext import NMF2D
+
+    x = F.relu(torch.randn(2, 12, 20, generator=gen)) + 0.05
+    raw = torch.rand(2, 12, 3, generator=gen)
+    weights = (torch.randn(2, 12, 3, generator=gen), torch.randn(2, 20, 3, generator=gen))
+    steps = 3
+
+    def reference(x_, bases, steps_, eps):
+        return NMF2D(rank=3, eps=eps, eval_steps=steps_).eval().factorize(x_, F.normalize(bases, dim=1), steps_)
+
+    expected, _ = _nmf_gradient(reference, x, raw, steps, weights)
+    try:
+        got, reached = _nmf_gradient(fn, x, raw, steps, weights)
+    except (AssertionError, NotImplementedError):
+        raise
+    except Exception as err:
+        _fail(where, f"with gradients enabled (x.requires_grad=True) it raised {type(err).__name__}: {err}",
+              "In-place updates of tensors autograd needs (bases *= ...) break backward; write bases = bases * ....")
+    label = f"{where} (gradients)"
+    look = ("in segedu (and in the official SegNeXt code, whose @torch.no_grad() is commented out) the gradient "
+            "flows through every multiplicative update back to x, so ham_in learns from the whole factorisation")
+    if got is None or not got.abs().sum() > 0:
+        _fail(label, f"no gradient reaches x through your factorisation (it ran under torch.no_grad(), or its "
+                     f"results were detached). {look}",
+              "Remove torch.no_grad() / .detach() / .data from the factorisation: the updates are ordinary tensor "
+              "operations autograd can follow.")
+    if _close(got, expected, 1e-3, 1e-6):
+        return
+    one_step, _ = _nmf_gradient(_one_step_nmf, x, raw, steps, weights)
+    if one_step is not None and _close(got, one_step, 1e-3, 1e-6):
+        _fail(label, f"the gradient flows only through the last coef update (a one-step gradient: the loop ran "
+                     f"under torch.no_grad()). {look}",
+              "Run the whole loop with gradients enabled.")
+    _fail(label, f"the gradient with respect to x differs from segedu's: it does not flow through every update "
+                 f"(a .detach() or .data inside the loop?). {look}",
+          "Remove every .detach() / .data / torch.no_grad() from the factorisation.")
+
+
+# ----------------------------------------------------------------------------------------------
+# The LightHam head (SegNeXt Sec. 3.2, Fig. 3(c)), assembled from segedu's components
+# ----------------------------------------------------------------------------------------------
+def _lightham_reference(ref: nn.Module, feats: list[torch.Tensor], *, stages=(1, 2, 3), order: str = "up",
+                        mode: str = "bilinear", align_corners: bool = False, ham: bool = True,
+                        ham_after_align: bool = False) -> torch.Tensor:
+    """The head written out from the reference's modules, with switches that reproduce the classic mistakes."""
+    chosen = [feats[i] for i in stages]
+    size = chosen[0].shape[-2:]
+    kw = {"align_corners": align_corners} if mode == "bilinear" else {}
+    maps = [f if f.shape[-2:] == size else F.interpolate(f, size=size, mode=mode, **kw) for f in chosen]
+    x = ref.squeeze(torch.cat(maps if order == "up" else maps[::-1], dim=1))
+    if ham_after_align:
+        x = ref.hamburger(ref.align(x))
+    else:
+        x = ref.align(ref.hamburger(x) if ham else x)
+    return ref.linear_pred(x)
+
+
+@teaches("SegNeXt Sec. 3.2 and Fig. 3(c) (the decoder reads stages 2-4 only; Hamburger between two 1x1 convs) and "
+         "the official ham_head.py (architectures.md §4.3); segedu.models.segnext.LightHamHead")
+def check_lightham_head(cls: type) -> None:
+    """``cls(in_channels (4 stages), num_classes, ham_channels, channels, nmf_rank)``;
+    ``forward([c1, c2, c3, c4]) -> logits [B, K, H/8, W/8]``.
+
+    Stages 2-4 resized bilinearly (align_corners=False) to stage 2's grid and concatenated in stage order;
+    ``squeeze`` ConvNormAct(sum of their channels, ham_channels, norm="gn"); ``hamburger`` =
+    segedu.models.segnext.Hamburger(ham_channels, NMF2D(nmf_rank)); ``align`` ConvNormAct(ham_channels, channels,
+    norm="gn"); ``dropout`` Dropout2d(0.1); ``linear_pred`` Conv2d(channels, K, 1). Checked in eval mode.
+    """
+    from ..models.segnext import LightHamHead
+
+    where = "check_lightham_head"
+    hints = {"squeeze.conv.weight has shape": "`squeeze` reads the concatenation of stages 2, 3 and 4 only: its "
+                                              "input width is in_channels[1] + in_channels[2] + in_channels[3].",
+             "squeeze": "`squeeze` = ConvNormAct(sum of the channels of stages 2-4, ham_channels, norm='gn').",
+             "hamburger": "`hamburger` = nx.Hamburger(ham_channels, nx.NMF2D(nmf_rank)) (keys hamburger.ham_in.*, "
+                          "hamburger.ham_out.*).",
+             "align": "`align` = ConvNormAct(ham_channels, channels, norm='gn') after the Hamburger.",
+             "linear_pred": "`linear_pred` = nn.Conv2d(channels, num_classes, 1), the classifier."}
+    # (in_channels, K, ham_channels, channels, rank), B, image size: the grids of a 64x96 and a ragged 50x70 image
+    cases = [(((8, 16, 24, 32), 5, 32, 32, 4), 2, (64, 96)), (((4, 8, 16, 24), 3, 32, 64, 3), 1, (50, 70))]
+    for i, (args, B, (H, W)) in enumerate(cases):
+        with _seeded(130 + i):
+            ref, mine = _reference_and_yours(LightHamHead, cls, args, 130 + i, where, hints)
+            sizes = [(-(-H // s), -(-W // s)) for s in (4, 8, 16, 32)]
+            feats = [torch.randn(B, c, *hw) for c, hw in zip(args[0], sizes)]
+        out = _run(where, mine, feats)
+        expected = _run(where, ref, feats)
+        if isinstance(out, torch.Tensor) and out.ndim == 4 and tuple(out.shape[-2:]) == sizes[0]:
+            _fail(where, f"the logits are at stride 4 {sizes[0]}: LightHam predicts at stride 8, on the grid of "
+                         f"stage 2 {sizes[1]}, the shallowest stage it reads (stage 1 is left out, Sec. 3.2)",
+                  "Resize stages 3 and 4 to the size of stage 2 (features[1].shape[-2:]).")
+        out = _expect_tensor(where, out, tuple(expected.shape),
+                             f"Logits [B, K, h8, w8] on stage 2's grid {sizes[1]}.")
+        f = lambda **bug: _lightham_reference(ref, feats, **bug)  # noqa: E731
+        candidates = [
+            (("the stages are concatenated deepest first ([c4, c3, c2]); the official head (and its weights) "
+              "concatenate them in stage order.", "torch.cat([c2, c3 resized, c4 resized], dim=1)."),
+             lambda: f(order="down")),
+            ("the resizing uses align_corners=True; the official head resizes with align_corners=False.",
+             lambda: f(align_corners=True)),
+            ("the resizing is nearest-neighbour; the official head resizes bilinearly (align_corners=False).",
+             lambda: f(mode="nearest")),
+            (("the Hamburger is left out: the squeezed features go straight to `align`.",
+              "x = align(hamburger(squeeze(cat)))."), lambda: f(ham=False)),
+            (("the Hamburger comes after `align`; it works on the squeezed features (ham_channels), before align.",
+              "x = align(hamburger(squeeze(cat)))."), lambda: f(ham_after_align=True)),
+        ]
+        _diagnose(f"{where} (in_channels={args[0]}, {H}x{W} image)", out, expected, candidates,
+                  "Expected linear_pred(dropout(align(hamburger(squeeze(cat[c2, up(c3), up(c4)]))))).")
+    _passed(where, len(cases), "segedu.models.segnext.LightHamHead")

@@ -7,9 +7,10 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 
-from ._core import _reference_and_yours, _diagnose, _expect_tensor, _fail, _passed, _randomize_, _run, _seeded
+from ._core import teaches, _reference_and_yours, _diagnose, _expect_tensor, _fail, _passed, _randomize_, _run, _seeded
 
-__all__ = ["check_window_partition", "check_shifted_window_attention", "check_patch_merging"]
+__all__ = ["check_window_partition", "check_shifted_window_attention", "check_patch_merging",
+           "check_window_attention_any_size"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -23,6 +24,7 @@ _PARTITIONS = {  # einops patterns: the right one, then classic mistakes
 }
 
 
+@teaches('Swin Sec. 3.2 (self-attention in non-overlapped windows); segedu.models.ssformer.window_partition')
 def check_window_partition(partition: Callable, reverse: Callable) -> None:
     """``partition(x [B, H, W, C], ws) -> [B * nW, ws, ws, C]`` and ``reverse(windows, ws, H, W) -> [B, H, W, C]``.
 
@@ -95,6 +97,8 @@ def _swin_attention(x: torch.Tensor, attn: nn.Module, ws: int, shift: int, *, ro
     return x
 
 
+@teaches("Swin Sec. 3.2, Fig. 2 and Fig. 4 (shifted windows, cyclic shift and its mask); "
+         "segedu.models.ssformer.SwinBlock.window_attention")
 def check_shifted_window_attention(fn: Callable) -> None:
     """``fn(x [B, H, W, C], attn, window_size, shift) -> [B, H, W, C]``, H and W multiples of window_size.
 
@@ -173,6 +177,7 @@ _MERGES = {  # how the 2x2 neighbours go into the 4C channels
 }
 
 
+@teaches('Swin Sec. 3.1 (patch merging) and the official swin_transformer.py; segedu.models.ssformer.PatchMerging')
 def check_patch_merging(cls: type) -> None:
     """``cls(dim)``; ``forward(x [B, H, W, C]) -> [B, H/2, W/2, 2C]`` for even H, W.
 
@@ -212,3 +217,101 @@ def check_patch_merging(cls: type) -> None:
         _diagnose(f"{where} (dim={dim}, {H}x{W})", out, expected, candidates,
                   "Expected reduction(norm(cat[x0, x1, x2, x3])).")
     _passed(where, len(cases), "segedu.models.ssformer.PatchMerging")
+
+
+# ----------------------------------------------------------------------------------------------
+# Maps that are not a whole number of windows (the official segmentation backbone: pad, attend, crop)
+# ----------------------------------------------------------------------------------------------
+def _any_size(x: torch.Tensor, attn: nn.Module, ws: int, shift: int, *, pad: str = "bottom_right",
+              crop: str = "top_left", mask: bool = True) -> torch.Tensor:
+    """(S)W-MSA on any [B, H, W, C] map, with switches that reproduce the classic mistakes of the padding."""
+    import torch.nn.functional as F
+
+    B, h, w, C = x.shape
+    if pad == "after_roll":  # roll the unpadded map, then pad: the pieces that wrap around are the wrong ones
+        from ..models.ssformer import shift_window_mask, window_partition, window_reverse
+
+        y = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2)) if shift else x
+        y = F.pad(y, (0, 0, 0, (-w) % ws, 0, (-h) % ws))
+        hp, wp = y.shape[1:3]
+        windows = rearrange(window_partition(y, ws), "n wh ww c -> n (wh ww) c")
+        windows = attn(windows, shift_window_mask(hp, wp, ws, shift) if shift else None)
+        y = window_reverse(rearrange(windows, "n (wh ww) c -> n wh ww c", wh=ws), ws, hp, wp)[:, :h, :w]
+        return torch.roll(y, shifts=(shift, shift), dims=(1, 2)) if shift else y
+    ph, pw = (-h) % ws, (-w) % ws
+    if pad == "extra_window":  # ws - h % ws: a whole window of padding when the side already fits
+        ph, pw = ws - h % ws, ws - w % ws
+    if pad == "top_left":
+        y = F.pad(x, (0, 0, pw, 0, ph, 0))
+    elif pad == "replicate":
+        y = F.pad(x.permute(0, 3, 1, 2), (0, pw, 0, ph), mode="replicate").permute(0, 2, 3, 1)
+    else:
+        y = F.pad(x, (0, 0, 0, pw, 0, ph))
+    y = _swin_attention(y, attn, ws, shift, mask=mask)
+    if crop == "bottom_right" or (pad == "top_left" and crop == "matching"):
+        return y[:, y.shape[1] - h:, y.shape[2] - w:]
+    return y[:, :h, :w]
+
+
+@teaches("Swin Sec. 3.2 (windows must tile the map) and the official segmentation backbone (Swin-Transformer-"
+         "Semantic-Segmentation / mmseg swin.py, ShiftWindowMSA: pad bottom and right, attend, crop); "
+         "segedu.models.ssformer.SwinBlock.window_attention")
+def check_window_attention_any_size(fn: Callable) -> None:
+    """``fn(x [B, H, W, C], attn, window_size, shift) -> [B, H, W, C]`` for any H, W (not only multiples).
+
+    Zero-pad the bottom and the right to multiples of the window size, run (S)W-MSA on the padded map (the shift
+    mask of the padded size; the padded tokens are not masked, as in the official code), crop back to H x W.
+    Compared with segedu.models.ssformer.SwinBlock.window_attention.
+    """
+    from ..models.ssformer import WindowAttention, shift_window_mask, SwinBlock
+
+    where = "check_window_attention_any_size"
+    # (dim, heads, ws, shift), (B, H, W): both sides ragged, one side already whole, regular windows, tiny windows
+    cases = [((8, 2, 4, 2), (2, 10, 13)), ((12, 3, 3, 1), (1, 7, 9)), ((8, 1, 4, 0), (1, 6, 11)),
+             ((6, 2, 2, 1), (2, 5, 6))]
+    for i, ((dim, heads, ws, shift), (B, H, W)) in enumerate(cases):
+        with _seeded(460 + i):
+            block = SwinBlock(dim, heads, ws, shift, 4.0, 0.0).eval()
+            block.attn = _randomize_(WindowAttention(dim, heads, ws), 460 + i).eval()
+            x = torch.randn(B, H, W, dim)
+        attn = block.attn
+        given = x.clone()
+        out = _run(where, fn, given, attn, ws, shift)
+        if not torch.equal(given, x):
+            _fail(where, "the input map was modified in place",
+                  "F.pad and torch.roll return new tensors: work on their results.")
+        hp, wp = H + (-H) % ws, W + (-W) % ws
+        expected = _run(where, block.window_attention, x, shift_window_mask(hp, wp, ws, shift) if shift else None)
+        if isinstance(out, torch.Tensor) and out.ndim == 4 and tuple(out.shape[1:3]) != (H, W):
+            _fail(where, f"a {H}x{W} map came back as {tuple(out.shape[1:3])}: the padding is scaffolding for the "
+                         f"windows and must not reach the next layer",
+                  f"Crop the result back to the input size, x[:, :{H}, :{W}] (the padding sits at the bottom and "
+                  f"the right).")
+        out = _expect_tensor(where, out, tuple(expected.shape))
+        f = lambda **bug: _any_size(x, attn, ws, shift, **bug)  # noqa: E731
+        candidates = [
+            (("the map was padded at the top and the left; the official code pads at the bottom and the right, so "
+              "the windows start at the top-left corner of the real map.",
+              "F.pad(x, (0, 0, 0, (-W) % ws, 0, (-H) % ws)) pads channels-last maps at the bottom and the right; "
+              "crop with x[:, :H, :W]."), lambda: f(pad="top_left", crop="matching")),
+            (("the crop keeps the wrong corner: the padding sits at the bottom and the right.",
+              "Crop with x[:, :H, :W]."), lambda: f(crop="bottom_right")),
+            (("the map was rolled before it was padded: the cyclic shift must act on the padded map, whose sides "
+              "are whole windows, or the pieces that wrap around (and the mask's regions) do not line up.",
+              "Pad first, then roll by -shift, attend with shift_window_mask(Hp, Wp, ws, shift) of the padded size "
+              "Hp x Wp, roll back, crop."), lambda: f(pad="after_roll")),
+            (("the padding repeats the border tokens; Swin pads with zeros (the padded tokens are exact zeros, "
+              "since the padding comes after the LayerNorm).",
+              "F.pad with its default mode='constant' (value 0)."), lambda: f(pad="replicate")),
+            (("a side that is already a whole number of windows got a whole window of padding (ws - H % ws "
+              "instead of (-H) % ws): with a shift, that changes which tokens wrap around.",
+              "Pad by (-H) % ws rows and (-W) % ws columns: 0 when the side already fits."),
+             lambda: f(pad="extra_window")),
+            ("the shifted windows attend without the mask: after the roll, the last row and column of windows hold "
+             "pieces from opposite borders; pass shift_window_mask(Hp, Wp, ws, shift) of the padded size.",
+             lambda: f(mask=False)),
+        ]
+        _diagnose(f"{where} ({H}x{W}, ws={ws}, shift={shift})", out, expected, candidates,
+                  "Expected: zero-pad bottom/right to multiples of ws -> roll(-shift) -> windows -> attn(windows, "
+                  "mask of the padded size) -> reverse -> roll(+shift) -> crop to H x W.")
+    _passed(where, len(cases), "segedu.models.ssformer.SwinBlock.window_attention")

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from ._core import _build, _copy_weights, _diagnose, _expect_tensor, _fail, _passed, _run, _seeded
+from ._core import teaches, _build, _copy_weights, _diagnose, _expect_tensor, _fail, _passed, _run, _seeded
 
 __all__ = ["check_patchify", "check_vit_embedding", "check_resize_pos_embed"]
 
@@ -15,6 +15,8 @@ __all__ = ["check_patchify", "check_vit_embedding", "check_resize_pos_embed"]
 # ----------------------------------------------------------------------------------------------
 # patchify: the image as a sequence of flattened patches (SETR Sec. 3.1, ViT Eq. 1)
 # ----------------------------------------------------------------------------------------------
+@teaches("ViT (Dosovitskiy et al. 2021) Sec. 3.1, Eq. 1: the image as N patches of P*P*C numbers; "
+         "segedu.models.setr.VisionTransformer.patch_embed")
 def check_patchify(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
     """``fn(x [B, C, H, W], patch_size) -> [B, (H/p)(W/p), p*p*C]``.
 
@@ -86,6 +88,8 @@ def _vit_embedding(vit, x: torch.Tensor) -> torch.Tensor:
     return tokens + vit.pos_embed
 
 
+@teaches("ViT Sec. 3.1, Eq. 1 (cls token, position embeddings) and SETR Sec. 3.2 (image to sequence); "
+         "segedu.models.setr.VisionTransformer.forward")
 def check_vit_embedding(cls: type) -> None:
     """``cls(in_channels, embed_dim, patch_size, grid)``; ``forward(x [B, C, g0*p, g1*p]) -> [B, 1 + N, D]``.
 
@@ -170,6 +174,8 @@ def _resize(pos: torch.Tensor, grid_from, grid_to, *, mode: str = "bilinear", al
     return torch.cat([cls_pos, out], dim=1)
 
 
+@teaches("ViT Sec. 3.2 (2-D interpolation of the position embeddings) and the official SETR loader "
+         "(architectures.md §1.1); segedu.models.setr.resize_pos_embed")
 def check_resize_pos_embed(fn: Callable) -> None:
     """``fn(pos_embed [1, 1 + h*w, D], grid_from (h, w), grid_to (h', w')) -> [1, 1 + h'*w', D]``.
 
