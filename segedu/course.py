@@ -123,7 +123,8 @@ def _train(name: str, iters: int | None, seed: int, data_root: Path, path: Path)
     }
     if path.parent == CACHE_DIR and not (path.parent / ".gitignore").exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        (path.parent / ".gitignore").write_text("# trained course models (segedu.course): generated, never committed\n*\n")
+        note = "# trained course models (segedu.course): generated, never committed\n*\n"
+        (path.parent / ".gitignore").write_text(note)
     ckpt.save_atomic(record, path)
     return record
 
