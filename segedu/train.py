@@ -505,7 +505,7 @@ def run_loop(run: Run, batches, signals: StopSignals) -> TrainResult:
     bar = tqdm(range(run.start, recipe.iters), initial=run.start, total=recipe.iters, desc=recipe.model,
                disable=not (opts.progress and is_main), dynamic_ncols=True)
     for step in bar:
-        images, masks = next(batches)
+        images, masks = _next_batch(batches)
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
         if opts.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -532,6 +532,23 @@ def run_loop(run: Run, batches, signals: StopSignals) -> TrainResult:
     if metrics is None:  # resumed a run that had already finished
         metrics = validate(run)
     return _result(run, metrics, t0, recipe.iters)
+
+
+def _next_batch(batches):
+    """The next batch; a data error raised in a DataLoader worker comes back as the error it was (torch wraps
+    it in "Caught ValueError in DataLoader worker process 0" and the worker's traceback)."""
+    try:
+        return next(batches)
+    except Exception as exc:
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        if not (lines and "in DataLoader worker process" in lines[0]):
+            raise
+        original = lines[-1].split(": ", 1)[-1] if lines[-1].startswith(type(exc).__name__) else lines[-1]
+        try:
+            error = type(exc)(original)
+        except Exception:
+            raise exc from None
+        raise error from None
 
 
 def _result(run: Run, metrics, t0: float, step: int, stopped_by: str | None = None) -> TrainResult:
