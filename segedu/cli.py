@@ -354,7 +354,10 @@ def _message(exc: BaseException) -> str:
         text = f"missing entry {exc}"
     else:
         text = str(exc).strip() or type(exc).__name__
-    line = text.splitlines()[0] if text else type(exc).__name__
+    lines = [line for line in text.splitlines() if line.strip()] or [type(exc).__name__]
+    line = lines[0]
+    if "Original Traceback" in text:  # re-raised from a DataLoader worker: its last line holds the cause
+        line = lines[-1].split(": ", 1)[-1]
     expected = (ValueError, OSError, KeyError, TypeError, FloatingPointError, ConnectionError, ImportError)
     if not isinstance(exc, expected) and type(exc).__name__ != "CheckpointMismatchError":
         line = f"{type(exc).__name__}: {line} (rerun with --debug for the traceback)"
