@@ -30,8 +30,9 @@ lock:
 data: $(STAMP)
 	$(BIN)/segedu data --root $(DATA)
 
+# --overwrite: a second `make train` replaces the run it made (checkpoint, log, curves), nothing else.
 train: data
-	$(BIN)/segedu train --config synthetic --data $(DATA) --out $(RUN)
+	$(BIN)/segedu train --config synthetic --data $(DATA) --out $(RUN) --overwrite
 
 test: data
 	$(BIN)/python -m pytest tests -q --durations=10

@@ -1,6 +1,6 @@
 """``segedu bench``: speed, memory and efficiency of a model, next to Hugging Face ``transformers``.
 
-What is measured, for one registered model (performance_and_user_needs.md, sections 5 and 6):
+What is measured, for one registered model (docs/performance.md, sections 5 and 6):
 
 * **training step**: forward + loss + backward + AdamW at ``batch x 3 x size x size`` (default 16 x 512 x 512
   on a GPU), its time, images/s and peak memory (``torch.cuda.max_memory_allocated``);
@@ -53,12 +53,12 @@ PEAK_BF16_TFLOPS = (
     ("A100", 312.0),
 )
 
-# The ADE20K schedule the projection assumes (architectures.md section 5; SegFormer/mmseg recipe).
+# The ADE20K schedule the projection assumes (docs/architectures.md section 5; SegFormer/mmseg recipe).
 ADE20K_ITERS = 160_000
 ADE20K_EVAL_EVERY = 16_000
 ADE20K_VAL_IMAGES = 2_000
 
-# Targets of the issue, for SegFormer-B0 on one H100 at batch 16, 512 x 512 (performance_and_user_needs.md §6).
+# Targets of the issue, for SegFormer-B0 on one H100 at batch 16, 512 x 512 (docs/performance.md §6).
 B0_TARGETS = {"step_ms": 15.0, "peak_memory_gb": 8.0, "inference_speedup_vs_hf": 3.0, "run_minutes": 45.0}
 
 

@@ -23,9 +23,10 @@ def _cmd_train(args) -> None:
     if args.classes:  # a custom dataset: its class list sets the number of classes
         from .data import read_classes
         classes = read_classes(args.classes)
+    given = dict(model=args.model, iters=args.iters, crop_size=args.crop, lr=args.lr,
+                 num_classes=len(classes) if classes else None, reduce_zero_label=args.reduce_zero_label)
     recipe = get_recipe(args.config or f"{args.model or 'segformer-b0'}-ade20k").with_overrides(
-        model=args.model, iters=args.iters, crop_size=args.crop, lr=args.lr,
-        num_classes=len(classes) if classes else None, reduce_zero_label=args.reduce_zero_label)
+        **{k: v for k, v in given.items() if v is not None})  # None: the option was not given
     out = Path(args.out or f"runs/{recipe.model}")
     options = TrainOptions(seed=args.seed, resume=args.resume, overwrite=args.overwrite, device=args.device,
                            num_workers=args.workers, micro_batch=args.batch_size, amp=args.amp,

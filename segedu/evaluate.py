@@ -1,6 +1,6 @@
 """Inference and dataset-level evaluation: whole image, sliding window, multi-scale + flip.
 
-The three test modes of the papers (architectures.md sections 1.3, 3.4, 5.2-5.3):
+The three test modes of the papers (docs/architectures.md sections 1.3, 3.4, 5.2-5.3):
 
 * ``whole``: one forward pass on the test-resized image (SegFormer, SegNeXt, SSformer on ADE20K).
 * ``slide``: crops of ``crop_size`` every ``stride`` pixels; the logits of overlapping windows are
@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from .metrics import SegMetrics
+from .utils import stop_workers
 
 MODES = ("whole", "slide", "ms-flip")
 MS_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
@@ -182,11 +183,15 @@ def evaluate(model: torch.nn.Module, dataset, num_classes: int, device: torch.de
     was_training = model.training
     model.eval()
     metrics = SegMetrics(num_classes, ignore_index=ignore_index, device=device)
-    for image, mask in tqdm(loader, total=len(shard), desc=f"eval ({mode})", leave=False, disable=not progress):
-        image, mask = image.to(device)[None], mask.to(device)[None]  # [1, 3, h, w], [1, H, W]
-        scores = infer(model, image, num_classes, mask.shape[-2:], mode, crop_size, stride, scales, amp,
-                       min_short_side)
-        metrics.update(scores.argmax(1), mask)
+    batches = iter(loader)
+    try:
+        for image, mask in tqdm(batches, total=len(shard), desc=f"eval ({mode})", leave=False, disable=not progress):
+            image, mask = image.to(device)[None], mask.to(device)[None]  # [1, 3, h, w], [1, H, W]
+            scores = infer(model, image, num_classes, mask.shape[-2:], mode, crop_size, stride, scales, amp,
+                           min_short_side)
+            metrics.update(scores.argmax(1), mask)
+    finally:
+        stop_workers(batches)
     metrics.all_reduce()
     model.train(was_training)
     return metrics.compute()

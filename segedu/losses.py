@@ -1,6 +1,6 @@
 """The segmentation loss: cross-entropy on logits upsampled to the label size, ignoring 255.
 
-Two ways to compute the same number (architectures.md 5.5):
+Two ways to compute the same number (docs/architectures.md 5.5):
 
 * :func:`seg_loss` upsamples the decoder's logits ``[B, K, H/4, W/4]`` to the label's ``[B, K, H, W]``
   and applies cross-entropy, as the official code does. At 150 classes, 512x512 and batch 2 the

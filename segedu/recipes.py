@@ -46,15 +46,17 @@ class Recipe:
     pretrained: str | None = None               # a key of PRETRAINED: the encoder checkpoint (None: scratch)
 
     def __post_init__(self):
+        for f in fields(self):
+            _check_field(f.name, getattr(self, f.name), f.type)
+        for name in ("iters", "batch_size", "crop_size", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"recipe {name} must be at least 1, got {getattr(self, name)}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"recipe optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.test_mode not in TEST_MODES:
             raise ValueError(f"recipe test_mode must be one of {TEST_MODES}, got {self.test_mode!r}")
         if self.test_mode == "slide" and not (self.slide_crop and self.slide_stride):
             raise ValueError("test_mode 'slide' needs slide_crop and slide_stride")
-        if self.iters < 1 or self.batch_size < 1:
-            raise ValueError(f"iters and batch_size must be positive, got {self.iters} and {self.batch_size}")
-
         if self.pretrained is not None and self.pretrained not in PRETRAINED:
             raise ValueError(f"recipe pretrained must be one of {sorted(PRETRAINED)} or null, got {self.pretrained!r}")
 
@@ -84,7 +86,33 @@ class Recipe:
         return build_model(self.model, num_classes=self.num_classes, **self.model_kwargs)
 
     def with_overrides(self, **kw) -> Recipe:
-        return replace(self, **{k: v for k, v in kw.items() if v is not None})
+        """A copy with the given fields replaced; ``None`` sets a field to ``None`` (e.g. ``test_size_divisor``)."""
+        return replace(self, **kw)
+
+
+_SCALARS = {"int": int, "float": (int, float), "str": str, "bool": bool, "dict": dict}
+
+
+def _check_field(name: str, value, annotation: str) -> None:
+    """A recipe field holds its annotated type (a JSON recipe can hold anything): ``int`` is not ``bool`` or
+    ``float``, an ``int`` is a valid ``float``, ``X | None`` accepts null, ``tuple[T, ...]`` checks each item."""
+    if annotation.endswith(" | None"):
+        if value is None:
+            return
+        annotation = annotation.removesuffix(" | None")
+    if annotation.startswith("tuple["):
+        items = [s.strip() for s in annotation[6:-1].split(",")]
+        ok = isinstance(value, tuple) and (len(items) == 2 and items[1] == "..." or len(value) == len(items))
+        item_types = [items[0]] * len(value) if items[-1] == "..." else items
+        if ok and all(_holds(v, t) for v, t in zip(value, item_types)):
+            return
+    elif _holds(value, annotation):
+        return
+    raise ValueError(f"recipe field {name} must be {annotation}, got {value!r}")
+
+
+def _holds(value, annotation: str) -> bool:
+    return isinstance(value, _SCALARS[annotation]) and (annotation == "bool" or not isinstance(value, bool))
 
 
 @dataclass(frozen=True)
@@ -146,19 +174,19 @@ def _segformer_ade(variant: str) -> Recipe:
 
 # --- SegNeXt (Guo et al. 2022; official configs): the SegFormer optimiser and schedule, crop 512, whole-image
 # test after ResizeToMultiple(32). Total batch 16 as mmseg states; the official configs' samples_per_gpu
-# 8 (T, S) / 4 (B, L) on "8 GPUs" would be 64 / 32 -- architectures.md 4.4 marks the conflict.
+# 8 (T, S) / 4 (B, L) on "8 GPUs" would be 64 / 32 -- docs/architectures.md 4.4 marks the conflict.
 def _segnext_ade(variant: str) -> Recipe:
     return Recipe(model=f"segnext-{variant}", iters=160_000, batch_size=16, crop_size=512, lr=6e-5,
                   weight_decay=0.01, head_lr_mult=10.0, warmup_iters=1500, no_decay_keywords=("pos_block", "norm"),
                   pretrained=f"mscan-{variant}")
 
 
-# --- SETR (Zheng et al. 2021; official configs, architectures.md 1.3): SGD momentum 0.9, lr 0.01 (Naive) /
+# --- SETR (Zheng et al. 2021; official configs, docs/architectures.md 1.3): SGD momentum 0.9, lr 0.01 (Naive) /
 # 0.001 (PUP, MLA), weight decay 0 (the base schedule's 5e-4 is overridden), 'head' x10 (decode and
 # auxiliary heads; the MLA neck is in the official backbone, so x1), poly power 0.9 to the absolute min_lr 1e-4
-# for every group (mmcv), no warm-up, 160k iterations of batch 16, crop 512,
-# auxiliary heads of weight 0.4, test by sliding 512 windows with stride 341. The ViT-B variants get the
-# ViT-L recipe of their decoder (the paper publishes none of their own).
+# for every group (mmcv), no warm-up, 160k iterations of batch 16, crop 512, auxiliary heads of weight 0.4,
+# test by sliding 512 windows with stride 341 after Resize(2048, 512) alone (the official test pipeline has no
+# ResizeToMultiple). The ViT-B variants get the ViT-L recipe of their decoder (the paper publishes none of their own).
 _SETR_LR = {"naive": 0.01, "pup": 0.001, "mla": 0.001}
 
 
@@ -167,19 +195,19 @@ def _setr_ade(decoder: str, size: str) -> Recipe:
     return Recipe(model=f"setr-{decoder}{size}", iters=160_000, batch_size=16, crop_size=512, lr=lr,
                   weight_decay=0.0, head_lr_mult=10.0, warmup_iters=0, optimizer="sgd", momentum=0.9,
                   poly_power=0.9, min_lr=1e-4, model_kwargs={"aux_heads": True}, no_decay_keywords=(),
-                  test_mode="slide", slide_crop=512, slide_stride=341,
+                  test_mode="slide", slide_crop=512, slide_stride=341, test_size_divisor=None,
                   pretrained="vit-b16-384" if size else "vit-l16-384")
 
 
-# --- SSformer (shiwt03/SSformer configs, architectures.md 2.4): AdamW 6e-5, wd 0.01, no decay for Swin's
+# --- SSformer (shiwt03/SSformer configs, docs/architectures.md 2.4): AdamW 6e-5, wd 0.01, no decay for Swin's
 # position tables and norms, no head multiplier, 1500 warm-up iterations, poly power 1, 160k iterations,
-# crop 512, whole-image test. samples_per_gpu is 8 with an unstated GPU count: we use the total 16 of the
-# mmseg Swin recipe (2/GPU x 8).
+# crop 512, whole-image test after Resize(2048, 512) alone (no ResizeToMultiple). samples_per_gpu is 8 with an
+# unstated GPU count: we use the total 16 of the mmseg Swin recipe (2/GPU x 8).
 def _ssformer_ade(variant: str) -> Recipe:
     return Recipe(model=f"ssformer-swin-{variant}", iters=160_000, batch_size=16, crop_size=512, lr=6e-5,
                   weight_decay=0.01, head_lr_mult=1.0, warmup_iters=1500,
                   no_decay_keywords=("absolute_pos_embed", "relative_position_bias_table", "norm"),
-                  pretrained=f"swin-{variant}")
+                  test_size_divisor=None, pretrained=f"swin-{variant}")
 
 
 RECIPES: dict[str, Recipe] = {}

@@ -48,7 +48,7 @@ from .logs import plot_log, truncate_log
 from .losses import total_loss
 from .optim import build_optimizer, build_scheduler
 from .recipes import PRETRAINED, Recipe
-from .utils import seed_everything
+from .utils import seed_everything, stop_workers
 
 LOG_EVERY = 10            # iterations between train records in metrics.jsonl, and between loss checks (host syncs)
 CHECKPOINT_EVERY = 2000   # iterations between checkpoints (also written at every evaluation and at the end)
@@ -337,8 +337,12 @@ def _train(recipe: Recipe, data_root, folder: RunFolder, opts: TrainOptions, ctx
                                                    ctx.rank, world),
                         pin_memory=device.type == "cuda", persistent_workers=workers > 0,
                         worker_init_fn=_leave_signals_to_the_main_process)
-    with StopSignals() as signals:
-        return run_loop(run, iter(loader), signals)
+    batches = iter(loader)
+    try:
+        with StopSignals() as signals:
+            return run_loop(run, batches, signals)
+    finally:
+        stop_workers(batches)  # its workers ignore SIGTERM: never leave them to the interpreter's exit
 
 
 def _leave_signals_to_the_main_process(worker_id: int) -> None:

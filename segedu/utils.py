@@ -1,4 +1,4 @@
-"""Small helpers: seeding and device choice."""
+"""Small helpers: seeding, device choice, DataLoader clean-up."""
 from __future__ import annotations
 
 import os
@@ -22,3 +22,15 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
 def default_device() -> torch.device:
     """The GPU when there is one, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def stop_workers(batches) -> None:
+    """Stop the worker processes of a DataLoader iterator now, however its loop ended.
+
+    After an error the iterator lives on in the traceback, and its workers with it, until the interpreter's exit;
+    that exit terminates child processes with SIGTERM and then waits for them, forever if a worker does not die
+    of SIGTERM (training's workers ignore it; others inherit training's handler while it is installed).
+    """
+    shutdown = getattr(batches, "_shutdown_workers", None)  # torch's own clean-up, also run by its __del__
+    if shutdown is not None:
+        shutdown()

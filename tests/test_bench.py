@@ -50,7 +50,7 @@ def test_bench_segformer_b0_against_transformers():
     report = bench_model("segformer-b0", **TINY)
     assert [r["implementation"] for r in report["results"]] == ["segedu", "transformers"]
     ours, hf = report["results"]
-    assert ours["params"] == hf["params"] == 3_752_694  # architectures.md section 6
+    assert ours["params"] == hf["params"] == 3_752_694  # docs/architectures.md section 6
     assert hf["class"].endswith("SegformerForSemanticSegmentation")
     for r in report["results"]:
         _check_implementation(r, batch=1)

@@ -26,7 +26,6 @@ from segedu.cli import main
 from segedu.recipes import RECIPES
 from segedu.registry import build_model
 
-TRAIN_SIDE = pytest.mark.xfail(strict=False, reason="train side: issue 11/15")
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 
 
@@ -346,13 +345,13 @@ CASES = [
     Case("train-recipe-not-an-object", ["train", "--config", f"{W}/recipes/list.json", "--data", ADE],
          ("list.json",)),
     Case("train-recipe-string-iters", ["train", "--config", f"{W}/recipes/s.json", "--data", ADE,
-                                       "--out", f"{T}/run"], ("s.json", "iters"), marks=(TRAIN_SIDE,)),
+                                       "--out", f"{T}/run"], ("s.json", "iters")),
     Case("train-recipe-null-iters", ["train", "--config", f"{W}/recipes/n.json", "--data", ADE,
-                                     "--out", f"{T}/run"], ("n.json", "iters"), marks=(TRAIN_SIDE,)),
+                                     "--out", f"{T}/run"], ("n.json", "iters")),
     Case("train-recipe-float-iters", ["train", "--config", f"{W}/recipes/f.json", "--data", ADE,
-                                      "--out", f"{T}/run"], ("f.json", "iters"), marks=(TRAIN_SIDE,)),
+                                      "--out", f"{T}/run"], ("f.json", "iters")),
     Case("train-recipe-eval-every-0", ["train", "--config", f"{W}/recipes/e0.json", "--data", ADE,
-                                       "--out", f"{T}/run"], ("eval_every",), marks=(TRAIN_SIDE,)),
+                                       "--out", f"{T}/run"], ("eval_every",)),
     Case("train-device-misspelled", [*TRAIN[:-4], "--device", "cpus", "--data", ADE, "--out", f"{T}/run"],
          ("not a device",)),
     Case("train-device-cuda-absent", [*TRAIN[:-4], "--device", "cuda", "--data", ADE, "--out", f"{T}/run"],

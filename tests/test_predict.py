@@ -2,7 +2,9 @@
 (transformers save_pretrained) checkpoint; masks at the original resolution; clear errors."""
 from __future__ import annotations
 
+import re
 from dataclasses import replace
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pytest
@@ -116,12 +118,25 @@ def test_test_settings_have_one_source_the_recipes():
         TestSettings.for_paper("segformr-b0")
 
 
-@pytest.mark.xfail(strict=False, reason="recipes.py: SETR and SSformer recipes need test_size_divisor=None (issue 11)")
 def test_setr_and_ssformer_test_without_a_size_divisor():
     """SETR and SSformer test after Resize(2048, 512) alone, with no ResizeToMultiple (docs/architectures.md 5.2)."""
     assert TestSettings.for_paper("setr-pup") == TestSettings(512, None, "slide", 512, 341, ms_min_short_side=512)
     assert TestSettings.for_paper("ssformer-swin-t") == TestSettings(512, None, "whole")
 
+
+
+def test_the_test_settings_table_of_docs_is_the_recipes():
+    """docs/training.md section 5 states each recipe's test protocol as segedu.recipes holds it."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    section = text[text.index("## 5. Test settings"):text.index("## 6.")]
+    rows = {m[0]: (m[1], m[2].strip(), m[3].strip())
+            for m in re.findall(r"^\| `([\w-]+)` \| (\w[\w-]*) \| ([^|]+)\| ([^|]+)\|", section, re.M)}
+    assert set(rows) == set(RECIPES)
+    for name, r in RECIPES.items():
+        size = "stored size" if r.test_short_side is None else f"short side {r.test_short_side}, " + (
+            f"multiple of {r.test_size_divisor}" if r.test_size_divisor else "no rounding")
+        window = f"{r.slide_crop} / stride {r.slide_stride}" if r.test_mode == "slide" else "-"
+        assert rows[name] == (r.test_mode, size, window), name
 
 def test_predict_never_writes_over_inputs_or_files_it_did_not_make(trained, tmp_path, capsys):
     """An input named like an output, or a file of the user's in the way, stops predict before any work;

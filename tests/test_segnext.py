@@ -10,7 +10,7 @@ from segedu.registry import get_spec
 from segedu.weights import CheckpointMismatchError, convert, from_pretrained, load_checkpoint
 from segedu.zoo import model_row
 
-# architectures.md section 6 (official layout, 150 classes): encoder, decoder, total.
+# docs/architectures.md section 6 (official layout, 150 classes): encoder, decoder, total.
 EXACT = {
     "t": (3_903_584, 359_830, 4_263_414),
     "s": (13_450_176, 482_710, 13_932_886),

@@ -339,3 +339,4 @@ def test_cli_train_on_a_custom_dataset_with_its_class_list(tmp_path, monkeypatch
     assert cli_main(args + ["--classes", str(tmp_path / "classes.txt"), "--no-reduce-zero-label",
                             "--out", str(tmp_path / "run2")]) == 2
     assert "x0.png: label values [3] are outside [0, 3)" in capsys.readouterr().err
+    # (tests/conftest.py: the failed run must not leave its DataLoader worker behind)

@@ -13,7 +13,7 @@ __all__ = ["check_reduce_zero_label", "check_pixel_accuracy", "check_iou"]
 # ----------------------------------------------------------------------------------------------
 # 00: labels and metrics
 # ----------------------------------------------------------------------------------------------
-@teaches("mmsegmentation's LoadAnnotations(reduce_zero_label=True) for ADE20K (architectures.md §5.1) and "
+@teaches("mmsegmentation's LoadAnnotations(reduce_zero_label=True) for ADE20K (docs/architectures.md §5.1) and "
          "segedu.data.reduce_zero_label")
 def check_reduce_zero_label(fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
     """``fn(mask) -> mask``: ADE20K PNG values to class indices (0 -> 255, v -> v - 1, 255 stays 255).
@@ -65,7 +65,7 @@ def _iou_from(inter, pred_count, label_count):
     return inter / (pred_count + label_count - inter)
 
 
-@teaches("aAcc in mmsegmentation's IoUMetric (architectures.md §5.4) and segedu.metrics.SegMetrics")
+@teaches("aAcc in mmsegmentation's IoUMetric (docs/architectures.md §5.4) and segedu.metrics.SegMetrics")
 def check_pixel_accuracy(fn: Callable[..., float]) -> None:
     """``fn(pred, target, ignore_index=255) -> float``: correct / labelled pixels, ignoring 255."""
     where = "check_pixel_accuracy"
@@ -99,7 +99,7 @@ def check_pixel_accuracy(fn: Callable[..., float]) -> None:
 
 
 @teaches("IoU = TP / (TP + FP + FN) per class, summed over the dataset (mmsegmentation's IoUMetric, "
-         "architectures.md §5.4) and segedu.metrics.SegMetrics")
+         "docs/architectures.md §5.4) and segedu.metrics.SegMetrics")
 def check_iou(fn: Callable[..., torch.Tensor]) -> None:
     """``fn(pred, target, num_classes, ignore_index=255) -> Tensor[num_classes]``: per-class IoU.
 

@@ -13,9 +13,9 @@ __all__ = ["check_confusion_iou", "check_slide_logits", "check_ms_flip"]
 
 
 # ----------------------------------------------------------------------------------------------
-# Confusion matrix and per-class IoU (mmseg IoUMetric, architectures.md section 5.4)
+# Confusion matrix and per-class IoU (mmseg IoUMetric, docs/architectures.md section 5.4)
 # ----------------------------------------------------------------------------------------------
-@teaches("mmsegmentation's IoUMetric (architectures.md §5.4); segedu.metrics.SegMetrics")
+@teaches("mmsegmentation's IoUMetric (docs/architectures.md §5.4); segedu.metrics.SegMetrics")
 def check_confusion_iou(confusion_fn: Callable[..., torch.Tensor], iou_fn: Callable[..., torch.Tensor]) -> None:
     """``confusion_fn(pred [B, H, W], target [B, H, W], num_classes, ignore_index=255) -> int64 [K, K]``
     (rows: label, columns: prediction) and ``iou_fn(confusion [K, K]) -> float [K]`` (NaN where a
@@ -87,7 +87,7 @@ def check_confusion_iou(confusion_fn: Callable[..., torch.Tensor], iou_fn: Calla
 
 
 # ----------------------------------------------------------------------------------------------
-# Sliding-window inference (mmseg slide_inference, architectures.md section 5.3)
+# Sliding-window inference (mmseg slide_inference, docs/architectures.md section 5.3)
 # ----------------------------------------------------------------------------------------------
 class _PositionSensitiveNet(nn.Module):
     """A tiny segmenter whose logits depend on where a pixel sits in its window (zero padding, a
@@ -137,7 +137,7 @@ def _slide(model, image, crop, stride, k, *, align_last=True, grid="mmseg", divi
     return canvas / count if divide else canvas
 
 
-@teaches("mmsegmentation's slide_inference (architectures.md §5.3); segedu.evaluate.slide_logits")
+@teaches("mmsegmentation's slide_inference (docs/architectures.md §5.3); segedu.evaluate.slide_logits")
 def check_slide_logits(fn: Callable[..., torch.Tensor]) -> None:
     """``fn(model, image [B, 3, H, W], crop_size, stride, num_classes) -> logits [B, K, H, W]``.
 
@@ -189,7 +189,7 @@ def check_slide_logits(fn: Callable[..., torch.Tensor]) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Multi-scale + flip (mmseg aug_test, architectures.md section 5.2)
+# Multi-scale + flip (mmseg aug_test, docs/architectures.md section 5.2)
 # ----------------------------------------------------------------------------------------------
 def _ms_flip(model: nn.Module, image: torch.Tensor, scales, flip: bool, *, average: str = "probs",
              resize_probs: bool = False, unflip: bool = True, vertical: bool = False, rounding: str = "half_up",
@@ -226,8 +226,8 @@ def _ms_flip(model: nn.Module, image: torch.Tensor, scales, flip: bool, *, avera
     return mean.softmax(1) if average == "logits" else mean
 
 
-@teaches("mmsegmentation's aug_test (architectures.md §5.2: every scale and its mirror, each pass's softmax at the "
-         "label size, averaged) and the papers' 'MS' results; segedu.evaluate.ms_flip_logits")
+@teaches("mmsegmentation's aug_test (docs/architectures.md §5.2: every scale and its mirror, each pass's softmax "
+         "at the label size, averaged) and the papers' 'MS' results; segedu.evaluate.ms_flip_logits")
 def check_ms_flip(fn: Callable[..., torch.Tensor]) -> None:
     """``fn(model, image [B, 3, H, W], scales, flip=True) -> mean class probabilities [B, K, H, W]``.
 

@@ -32,7 +32,7 @@ def _plan(total: int, world: int, max_micro: int) -> tuple[int, int]:
     return micro, share // micro
 
 
-@teaches("the recipe's batch as world size x per-GPU batch x accumulation (architectures.md §3.4); "
+@teaches("the recipe's batch as world size x per-GPU batch x accumulation (docs/architectures.md §3.4); "
          "segedu.train.accumulation_steps")
 def check_batch_plan(fn: Callable[[int, int, int], tuple[int, int]]) -> None:
     """``fn(total_batch, world_size, max_micro_batch) -> (micro_batch, accumulation)``.

@@ -439,7 +439,7 @@ def check_segformer_head(cls: type) -> None:
     _passed(where, len(cases), "segedu.models.segformer.SegFormerHead")
 
 
-@teaches("architectures.md §5.5 (logits upsampled to the label size, cross-entropy ignoring 255); "
+@teaches("docs/architectures.md §5.5 (logits upsampled to the label size, cross-entropy ignoring 255); "
          "segedu.losses.seg_loss")
 def check_seg_loss(fn: Callable[..., torch.Tensor]) -> None:
     """``fn(logits [B, K, h, w], target [B, H, W], ignore_index=255) -> scalar``.

@@ -280,7 +280,7 @@ def _lightham_reference(ref: nn.Module, feats: list[torch.Tensor], *, stages=(1,
 
 
 @teaches("SegNeXt Sec. 3.2 and Fig. 3(c) (the decoder reads stages 2-4 only; Hamburger between two 1x1 convs) and "
-         "the official ham_head.py (architectures.md §4.3); segedu.models.segnext.LightHamHead")
+         "the official ham_head.py (docs/architectures.md §4.3); segedu.models.segnext.LightHamHead")
 def check_lightham_head(cls: type) -> None:
     """``cls(in_channels (4 stages), num_classes, ham_channels, channels, nmf_rank)``;
     ``forward([c1, c2, c3, c4]) -> logits [B, K, H/8, W/8]``.

@@ -175,7 +175,7 @@ def _resize(pos: torch.Tensor, grid_from, grid_to, *, mode: str = "bilinear", al
 
 
 @teaches("ViT Sec. 3.2 (2-D interpolation of the position embeddings) and the official SETR loader "
-         "(architectures.md §1.1); segedu.models.setr.resize_pos_embed")
+         "(docs/architectures.md §1.1); segedu.models.setr.resize_pos_embed")
 def check_resize_pos_embed(fn: Callable) -> None:
     """``fn(pos_embed [1, 1 + h*w, D], grid_from (h, w), grid_to (h', w')) -> [1, 1 + h'*w', D]``.
 

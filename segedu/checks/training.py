@@ -15,7 +15,7 @@ __all__ = ["check_poly_warmup_lr", "check_random_resize_flip", "check_param_grou
 # ----------------------------------------------------------------------------------------------
 # The poly schedule with linear warm-up (mmseg PolyLR + mmcv linear warm-up)
 # ----------------------------------------------------------------------------------------------
-@teaches("SegFormer Sec. 4.1 (poly schedule, factor 1.0) and mmcv's linear warm-up (architectures.md §3.4); "
+@teaches("SegFormer Sec. 4.1 (poly schedule, factor 1.0) and mmcv's linear warm-up (docs/architectures.md §3.4); "
          "segedu.optim.poly_warmup_factor")
 def check_poly_warmup_lr(fn: Callable[..., float]) -> None:
     """``fn(step, base_lr, total, warmup_iters, warmup_ratio=1e-6, power=1.0) -> float``.
@@ -100,7 +100,7 @@ def _resize_mask(mask: torch.Tensor, size) -> torch.Tensor:
     return TF.resize(mask[None], list(size), interpolation=InterpolationMode.NEAREST)[0]
 
 
-@teaches("the mmseg training pipeline (architectures.md §5.2): one geometric transform for image and mask, the "
+@teaches("the mmseg training pipeline (docs/architectures.md §5.2): one geometric transform for image and mask, the "
          "mask resized by nearest neighbour; segedu.data.train_transforms")
 def check_random_resize_flip(fn: Callable[..., tuple]) -> None:
     """``fn(image uint8 [3, H, W], mask int64 [H, W], size (h, w), p=0.5) -> (image [3, h, w], mask [h, w])``.
@@ -235,7 +235,7 @@ def _same(a: tuple, b: tuple) -> bool:
     return abs(a[0] - b[0]) <= 1e-9 * abs(b[0]) and abs(a[1] - b[1]) <= 1e-12
 
 
-@teaches("the recipes' paramwise_cfg (architectures.md §3.4: custom_keys 'head' lr_mult 10, 'norm' decay_mult 0) "
+@teaches("the recipes' paramwise_cfg (docs/architectures.md §3.4: custom_keys 'head' lr_mult 10, 'norm' decay_mult 0) "
          "as mmcv's DefaultOptimizerConstructor applies it: the first key contained in the official parameter "
          "name, keys sorted by name then longest first; segedu.optim.param_groups")
 def check_param_groups(fn: Callable[..., list]) -> None:

@@ -1,6 +1,6 @@
 """ADE20K (or any image / label-map set) from Hugging Face ``datasets``: the hub, parquet, ``save_to_disk``.
 
-The hub's ``scene_parse_150`` (config ``scene_parsing``, architectures.md section 5.1) has one row per
+The hub's ``scene_parse_150`` (config ``scene_parsing``, docs/architectures.md section 5.1) has one row per
 image with two Image columns: ``image`` (the JPEG) and ``annotation`` (the label PNG, values 0..150,
 exactly the files of ``ADEChallengeData2016``). Parquet copies and ``save_to_disk`` folders keep the
 same columns. :class:`HubSegmentation` reads the *encoded bytes* of both columns and decodes them with
@@ -29,7 +29,7 @@ HUB_SPLIT_NAMES = {"training": ("train", "training"), "validation": ("validation
 
 # Hub ids that need more than ``load_dataset(id, split=...)``. scene_parse_150 is a loading script,
 # which ``datasets`` >= 4 no longer runs; the hub's automatic parquet conversion of its
-# ``scene_parsing`` config lives on the ``refs/convert/parquet`` branch (architectures.md 5.1).
+# ``scene_parsing`` config lives on the ``refs/convert/parquet`` branch (docs/architectures.md 5.1).
 HUB_ALIASES = {
     "scene_parse_150": {"path": "zhoubolei/scene_parse_150", "revision": "refs/convert/parquet",
                         "data_dir": "scene_parsing"},
@@ -39,7 +39,7 @@ HUB_ALIASES["zhoubolei/scene_parse_150"] = HUB_ALIASES["scene_parse_150"]
 # Column names taken without --image-column / --label-column, in order of preference.
 IMAGE_COLUMNS = ("image", "img", "pixel_values", "jpg")
 LABEL_COLUMNS = ("annotation", "label", "segmentation", "semantic_map", "label_map", "mask", "gt", "seg")
-# The config of a multi-config parquet export that holds semantic segmentation (architectures.md 5.1).
+# The config of a multi-config parquet export that holds semantic segmentation (docs/architectures.md 5.1).
 SCENE_PARSING = "scene_parsing"
 
 

@@ -121,7 +121,7 @@ def from_mmseg(state_dict):
     """The MiT encoder of an mmseg checkpoint (keys with or without the ``backbone.`` prefix).
 
     mmseg's ``SegformerHead`` is not the official decoder (a 1x1 conv + BN + ReLU per stage instead of a
-    Linear, ascending concat, 256 channels for B2-B5: architectures.md section 3.3), so its
+    Linear, ascending concat, 256 channels for B2-B5: docs/architectures.md section 3.3), so its
     ``decode_head.*`` keys stay as they are and a full load names them as unexpected; load the encoder
     with ``load_checkpoint(model, sd, "mmseg", encoder_only=True)``. mmseg's LayerNorms use eps 1e-6
     everywhere, the official code 1e-5 in the patch embedding and the reduction norm (section 7).
