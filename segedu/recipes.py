@@ -102,13 +102,13 @@ def _check_field(name: str, value, annotation: str) -> None:
         annotation = annotation.removesuffix(" | None")
     if annotation.startswith("tuple["):
         items = [s.strip() for s in annotation[6:-1].split(",")]
-        ok = isinstance(value, tuple) and (len(items) == 2 and items[1] == "..." or len(value) == len(items))
-        item_types = [items[0]] * len(value) if items[-1] == "..." else items
-        if ok and all(_holds(v, t) for v, t in zip(value, item_types)):
-            return
-    elif _holds(value, annotation):
-        return
-    raise ValueError(f"recipe field {name} must be {annotation}, got {value!r}")
+        if items[-1] == "..." and isinstance(value, tuple):
+            items = items[:1] * len(value)
+        ok = isinstance(value, tuple) and len(value) == len(items) and all(map(_holds, value, items))
+    else:
+        ok = _holds(value, annotation)
+    if not ok:
+        raise ValueError(f"recipe field {name} must be {annotation}, got {value!r}")
 
 
 def _holds(value, annotation: str) -> bool:
